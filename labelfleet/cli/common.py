@@ -1,0 +1,84 @@
+"""Shared CLI helpers: settings from flags + env, database engine, consoles, progress bars."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+from sqlalchemy import Engine
+
+from labelfleet.settings import Settings
+
+console = Console()
+console_err = Console(stderr=True)
+
+DB_HELP = "Database URL: sqlite:///file.db (default sqlite:///labelfleet.db) or postgresql://user@host/db [env LABELFLEET_DB_URL]"
+DbOpt = typer.Option(None, "--db", help=DB_HELP, show_default=False)
+
+
+def global_options(
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging (-v info, -vv debug)."),
+) -> None:
+    """Auto-label image datasets with zero-shot models."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(name)s: %(message)s",
+                        handlers=[RichHandler(console=console_err, show_path=False, rich_tracebacks=False)])
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings from env vars, with the CLI flags that were given (not None) on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def engine_for(settings: Settings, *, migrate: bool = False) -> Engine:
+    """Engine for the configured DB; ``migrate`` upgrades it to the newest schema first."""
+    from labelfleet.db import migrate as mig
+    from labelfleet.db.engine import make_engine
+
+    url = settings.db_url.get_secret_value()
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(url)
+    if migrate:
+        mig.upgrade(engine)
+    else:
+        mig.require_head(engine)
+    return engine
+
+
+class RateColumn(ProgressColumn):
+    """Items per second over the task's lifetime."""
+
+    def render(self, task: Task) -> Text:
+        elapsed = task.elapsed or 0.0
+        rate = task.completed / elapsed if elapsed > 0 else 0.0
+        return Text(f"{rate:6.2f} img/s", style="cyan")
+
+
+def image_progress() -> Progress:
+    """Progress bar with count, images/s, elapsed time and ETA."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console_err,
+                    transient=False)
+
+
+def split_csv(value: str | None) -> tuple[str, ...] | None:
+    """``"cat, dog,,"`` -> ``("cat", "dog")``; None stays None."""
+    if value is None:
+        return None
+    return tuple(v.strip() for v in value.split(",") if v.strip())

@@ -1,0 +1,90 @@
+"""``labelfleet status``, ``labelfleet jobs`` and ``labelfleet db ...`` (no torch imported)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from labelfleet.cli.common import DbOpt, console, engine_for, make_settings
+from labelfleet.models.catalog import RANDOM_WEIGHTS_WARNING
+
+db_app = typer.Typer(help="Database schema: create or migrate it.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("status")(status)
+    app.command("jobs")(jobs)
+
+
+def status(
+    job: str = typer.Argument(..., help="Job name."),
+    db: str | None = DbOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (job, state, total, done, "
+                                 "failed, skipped, poison, pending, running, detections, tags, failures)."),
+) -> None:
+    """Show a job's progress, label counts and failure reasons."""
+    from labelfleet.db.engine import session_factory
+    from labelfleet.db.queries import job_summary
+    from labelfleet.db.repository import get_job
+
+    engine = engine_for(make_settings(db_url=db))
+    with session_factory(engine)() as s:
+        summary = job_summary(s, get_job(s, job))
+    engine.dispose()
+    if as_json:
+        print(json.dumps(summary, default=str))
+        return
+    print_summary(summary)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """Human-readable job summary."""
+    table = Table(title=f"job {summary['job']} ({summary['state']})", show_header=False)
+    for key in ("source", "total", "done", "failed", "skipped", "poison", "pending", "running",
+                "detections", "tags"):
+        table.add_row(key, str(summary[key]))
+    console.print(table)
+    for f in summary["failures"]:
+        console.print(f"  {f['count']:>5} {f['status']}: {f['reason']}", highlight=False)
+    if summary.get("random_weights"):
+        console.print(f"[bold yellow]{RANDOM_WEIGHTS_WARNING}[/]")
+
+
+def jobs(db: str | None = DbOpt) -> None:
+    """List the jobs in the database, newest first."""
+    from labelfleet.db.engine import session_factory
+    from labelfleet.db.queries import list_jobs
+
+    engine = engine_for(make_settings(db_url=db))
+    with session_factory(engine)() as s:
+        rows = list_jobs(s)
+    engine.dispose()
+    table = Table("job", "state", "total", "done", "failed", "skipped", "detections", "source")
+    for r in rows:
+        table.add_row(r["job"], r["state"], str(r["total"]), str(r["done"]), str(r["failed"]), str(r["skipped"]),
+                      str(r["detections"]), r["source"])
+    console.print(table if rows else "no jobs yet")
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: str | None = DbOpt) -> None:
+    """Create the schema or migrate it to the newest revision (idempotent; SQLite or PostgreSQL)."""
+    from labelfleet.db.migrate import current_revision
+
+    engine = engine_for(make_settings(db_url=db), migrate=True)
+    console.print(f"database at revision {current_revision(engine)}")
+    engine.dispose()
+
+
+@db_app.command("current")
+def db_current(db: str | None = DbOpt) -> None:
+    """Print the database's schema revision and the newest one this code knows."""
+    from labelfleet.db.engine import make_engine
+    from labelfleet.db.migrate import current_revision, head_revision
+
+    engine = make_engine(make_settings(db_url=db).db_url.get_secret_value())
+    console.print(f"current {current_revision(engine) or 'none'}, head {head_revision()}")
+    engine.dispose()

@@ -1,0 +1,243 @@
+"""``labelfleet label`` (a folder, end to end, in this process) and ``labelfleet segment`` (one image)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from labelfleet.cli.common import DbOpt, console, console_err, engine_for, image_progress, make_settings, split_csv
+from labelfleet.errors import ConfigError
+from labelfleet.models.catalog import RANDOM_WEIGHTS_WARNING, Preset, get_preset
+
+
+def register(app: typer.Typer) -> None:
+    app.command("label")(label)
+    app.command("segment")(segment)
+
+
+def _preset(models: str | None, tagger: str | None, settings_models: str) -> Preset:
+    preset = get_preset(models or settings_models)
+    if tagger is not None:
+        key = f"{tagger}_tiny" if preset.name == "tiny-random" and not tagger.endswith("_tiny") else tagger
+        preset = preset.with_overrides(tagger=key)
+    return preset
+
+
+def job_config(preset: Preset, pipeline_config: Any) -> dict[str, Any]:
+    """What defines a job: the models chosen and the pipeline settings (compared on re-runs)."""
+    return {"preset": preset.name, "tagger": preset.tagger if pipeline_config.automatic else None,
+            "detector": preset.detector, "segmenter": preset.segmenter, **pipeline_config.to_json()}
+
+
+def label(
+    source: str = typer.Argument(..., help="Folder of images (searched recursively) or s3://bucket/prefix."),
+    db: str | None = DbOpt,
+    job: str | None = typer.Option(None, "--job", help="Job name (default: the folder's name). "
+                                   "Re-running a job skips images already done."),
+    classes: str | None = typer.Option(None, "--classes", help='Fixed class list, e.g. "cat,dog". '
+                                       "Without it, RAM/RAM++ tags each image automatically."),
+    extra_classes: str | None = typer.Option(None, "--extra-classes", help="Classes always searched besides tags."),
+    exclude_tags: str | None = typer.Option(None, "--exclude-tags", help="Tags never searched, e.g. 'room,wall'."),
+    max_tags: int | None = typer.Option(None, "--max-tags", min=1, help="Keep only the N best tags per image."),
+    tag_threshold: float | None = typer.Option(None, "--tag-threshold", min=0, max=1,
+                                               help="One threshold for all tags (default: RAM's per-class ones)."),
+    tagger: str | None = typer.Option(None, "--tagger", help="ram or ram_plus (default from the preset)."),
+    models: str | None = typer.Option(None, "--models", help="Preset: default, fast, quality, tiny-random "
+                                      "(tiny random weights for offline tests; labels meaningless)."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    box_threshold: float | None = typer.Option(None, "--box-threshold", min=0, max=1, help="Default 0.25."),
+    text_threshold: float | None = typer.Option(None, "--text-threshold", min=0, max=1, help="Default 0.2."),
+    nms_iou: float | None = typer.Option(None, "--nms-iou", min=0, max=1, help="Default 0.5."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Images per model batch (default 4)."),
+    no_masks: bool = typer.Option(False, "--no-masks", help="Boxes only, skip SAM."),
+    include: list[str] = typer.Option([], "--include", help="Only keys matching this glob (repeatable)."),
+    exclude: list[str] = typer.Option([], "--exclude", help="Skip keys matching this glob (repeatable)."),
+    detector_checkpoint: Path | None = typer.Option(None, "--detector-checkpoint", help="Local GroundingDINO .pth."),
+    segmenter_checkpoint: Path | None = typer.Option(None, "--segmenter-checkpoint", help="Local SAM .pth."),
+    tagger_checkpoint: Path | None = typer.Option(None, "--tagger-checkpoint", help="Local RAM/RAM++ .pth."),
+    offline: bool = typer.Option(False, "--offline", help="Never download; fail if a model file is missing."),
+) -> None:
+    """Label every image of SOURCE in this process and store the labels in --db.
+
+    Creates the job, or continues it: images already done are skipped, and
+    Ctrl-C leaves the job consistent so the same command resumes it.
+    """
+    from labelfleet.storage import open_source
+    from workers.pipeline import PipelineConfig
+
+    settings = make_settings(db_url=db, models=models, device=device, box_threshold=box_threshold,
+                             text_threshold=text_threshold, nms_iou=nms_iou, batch_size=batch_size,
+                             tag_threshold=tag_threshold, max_tags=max_tags)
+    preset = _preset(models, tagger, settings.models)
+    config = PipelineConfig(
+        classes=split_csv(classes), extra_classes=split_csv(extra_classes) or (),
+        exclude_tags=split_csv(exclude_tags) or (), max_tags=settings.max_tags,
+        tag_threshold=settings.tag_threshold, box_threshold=settings.box_threshold,
+        text_threshold=settings.text_threshold, nms_iou=settings.nms_iou, segment=not no_masks)
+    if config.classes == ():
+        raise ConfigError("--classes is empty; give class names like 'cat,dog' or leave it out for automatic tags")
+    src = open_source(source, include=include, exclude=exclude, s3_endpoint_url=settings.s3_endpoint_url)
+    from orchestrator.jobs import default_job_name
+
+    name = job or default_job_name(src.uri)
+    if preset.random_weights:
+        console_err.print(f"[bold yellow]{RANDOM_WEIGHTS_WARNING}[/]")
+    engine = engine_for(settings, migrate=True)
+    checkpoints = {"detector": detector_checkpoint, "segmenter": segmenter_checkpoint, "tagger": tagger_checkpoint}
+    try:
+        summary = _run(engine, settings, src, name, preset, config, checkpoints, offline)
+    finally:
+        engine.dispose()
+    _print_summary(summary, preset)
+
+
+def _run(engine: Any, settings: Any, src: Any, name: str, preset: Preset, config: Any,
+         checkpoints: dict[str, Path | None], offline: bool) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from labelfleet.db import repository as repo
+    from labelfleet.db.engine import session_factory
+    from labelfleet.db.models import Job
+    from labelfleet.db.queries import job_summary, status_counts
+    from orchestrator.jobs import prepare_job
+    from workers.local import local_owner, run_local
+    from workers.models import build_pipeline
+    from workers.processing import ItemProcessor
+
+    factory = session_factory(engine)
+    cfg = job_config(preset, config)
+    with factory() as s:  # fail before loading models if the job exists with other settings
+        existing = s.scalar(select(Job).where(Job.name == name))
+        if existing is not None:
+            repo.get_or_create_job(s, name, src.uri, cfg, existing.models)
+    with console_err.status("loading models..."):
+        pipeline, provenance = build_pipeline(preset, settings, config, checkpoints=checkpoints,
+                                              allow_download=not offline, progress=_download_bar())
+    with image_progress() as progress:
+        listing = progress.add_task("listing", total=None)
+        job_id, _ = prepare_job(factory, name=name, source=src, config=cfg, models=provenance,
+                                on_listed=lambda n: progress.advance(listing, n))
+        progress.remove_task(listing)
+        with factory() as s:
+            counts = status_counts(s, job_id)
+        todo = counts["pending"] + counts["running"]
+        task = progress.add_task(f"labelling {name}", total=todo)
+        processor = ItemProcessor(factory, pipeline, settings, local_owner(), src,
+                                  on_item=lambda _status: progress.advance(task))
+        try:
+            run_local(factory, job_id, processor, settings)
+        except KeyboardInterrupt:
+            console_err.print(f"\n[yellow]interrupted:[/] job {name!r} is consistent; run the same command "
+                              "again to continue where it stopped.")
+            raise typer.Exit(130) from None
+        finally:
+            processor.close()
+    with factory() as s:
+        return job_summary(s, repo.get_job(s, name))
+
+
+def _download_bar() -> Any:
+    from labelfleet.cli.common import image_progress as _p
+
+    def factory(filename: str, total: int) -> Any:
+        progress = _p()
+        progress.start()
+        task = progress.add_task(f"download {filename}", total=total)
+
+        def update(done: int, total_: int) -> None:
+            progress.update(task, completed=done)
+            if done >= total_:
+                progress.stop()
+
+        return update
+
+    return factory
+
+
+def _print_summary(summary: dict[str, Any], preset: Preset) -> None:
+    console.print(
+        f"job [bold]{summary['job']}[/]: {summary['state']} - {summary['done']} done, {summary['failed']} failed, "
+        f"{summary['skipped']} skipped of {summary['total']}; {summary['detections']} detections, "
+        f"{summary['tags']} tags")
+    for f in summary["failures"]:
+        console.print(f"  {f['count']} {f['status']}: {f['reason']}", highlight=False)
+    if preset.random_weights:
+        console_err.print(f"[bold yellow]{RANDOM_WEIGHTS_WARNING}[/]")
+
+
+def _parse_box(box: str | None) -> list[float] | None:
+    if box is None:
+        return None
+    parts = box.split(",")
+    try:
+        vals = [float(p) for p in parts]
+    except ValueError:
+        vals = []
+    if len(vals) != 4 or vals[2] <= vals[0] or vals[3] <= vals[1]:
+        raise ConfigError(f"--box must be x0,y0,x1,y1 in pixels with x1>x0 and y1>y0, got {box!r}")
+    return vals
+
+
+def _parse_point(point: str) -> tuple[float, float, int]:
+    parts = point.split(",")
+    if len(parts) != 3 or parts[2].strip() not in ("0", "1"):
+        raise ConfigError(f"--point must be x,y,1 (include) or x,y,0 (exclude), got {point!r}")
+    try:
+        return float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
+        raise ConfigError(f"--point must be x,y,1 (include) or x,y,0 (exclude), got {point!r}") from None
+
+
+def segment(
+    image: Path = typer.Argument(..., exists=True, dir_okay=False, help="Image file."),
+    box: str | None = typer.Option(None, "--box", help="Box prompt x0,y0,x1,y1 in pixels."),
+    point: list[str] = typer.Option([], "--point", help="Point prompt x,y,1 (include) or x,y,0 (exclude); repeatable."),
+    everything: bool = typer.Option(False, "--everything", help="Segment everything (automatic mask generator)."),
+    out: Path = typer.Option(..., "--out", help="Output PNG: a 0/255 mask, or with --everything an index map "
+                             "(0 = background, i = mask i) plus OUT.json describing each mask."),
+    models: str | None = typer.Option(None, "--models", help="Preset whose SAM is used."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    segmenter_checkpoint: Path | None = typer.Option(None, "--segmenter-checkpoint", help="Local SAM .pth."),
+) -> None:
+    """Segment one image with SAM from a box and/or points, or everything in it."""
+    import numpy as np
+    from PIL import Image
+
+    from labelfleet.images import decode_image
+    from workers.models import resolve_model
+    from workers.stages.registry import build_segmenter
+
+    pts = [_parse_point(p) for p in point]
+    bx = _parse_box(box)
+    if not everything and bx is None and not pts:
+        raise ConfigError("give --box and/or --point prompts, or --everything")
+    settings = make_settings(models=models, device=device)
+    preset = get_preset(settings.models)
+    if preset.random_weights:
+        console_err.print(f"[bold yellow]{RANDOM_WEIGHTS_WARNING}[/]")
+    res = resolve_model(preset.segmenter, "segmenter", settings, checkpoint=segmenter_checkpoint)
+    from labelfleet.settings import resolve_device
+
+    seg = build_segmenter(res.key, checkpoint=res.files["checkpoint"], device=resolve_device(settings.device))
+    arr = decode_image(image.read_bytes(), max_pixels=settings.max_image_pixels).array
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if everything:
+        found = seg.segment_everything(arr)
+        index = np.zeros(arr.shape[:2], np.uint16)
+        meta = []
+        for i, (mask, xyxy, score) in enumerate(found, start=1):
+            index[mask & (index == 0)] = i
+            meta.append({"index": i, "xyxy": [float(v) for v in xyxy], "score": float(score), "area": int(mask.sum())})
+        Image.fromarray(index.astype(np.uint8) if len(found) < 256 else index).save(out)
+        out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+        console.print(f"{len(found)} masks -> {out}")
+        return
+    points = np.array([[x, y] for x, y, _ in pts], np.float32) if pts else None
+    labels = np.array([lab for _, _, lab in pts], np.int64) if pts else None
+    mask = seg.segment_prompts(arr, box=np.array(bx, np.float32) if bx else None, points=points,
+                               point_labels=labels)
+    Image.fromarray((mask.astype(np.uint8) * 255)).save(out)
+    console.print(f"mask of {int(mask.sum())} pixels -> {out}")

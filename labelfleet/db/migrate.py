@@ -1,0 +1,60 @@
+"""Run Alembic migrations programmatically (``labelfleet db upgrade``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
+
+from labelfleet.errors import ConfigError
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def alembic_config(engine: Engine | None = None) -> Config:
+    """Config pointing at the project's ``alembic/`` folder (override: ``LABELFLEET_ALEMBIC_DIR``)."""
+    script_dir = Path(os.environ.get("LABELFLEET_ALEMBIC_DIR", _REPO / "alembic"))
+    if not (script_dir / "env.py").exists():
+        raise ConfigError(f"migration scripts not found at {script_dir}; set LABELFLEET_ALEMBIC_DIR")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script_dir))
+    if engine is not None:
+        cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate the database behind ``engine`` to ``revision`` (idempotent)."""
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def require_head(engine: Engine) -> None:
+    """Raise :class:`ConfigError` unless the database is migrated to the newest revision."""
+    cur, head = current_revision(engine), head_revision()
+    if cur != head:
+        raise ConfigError(f"database is at revision {cur or 'none'}, code needs {head}; "
+                          "run `labelfleet db upgrade --db URL` first")

@@ -1,0 +1,74 @@
+"""Read-only queries: job summaries for ``status`` and ``jobs``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from labelfleet.db.models import FINAL_STATUSES, Detection, Item, ItemStatus, ItemTag, Job, JobState
+
+
+def status_counts(session: Session, job_id: int) -> dict[str, int]:
+    """Item count per status, with every status present (0 when none)."""
+    rows = session.execute(
+        select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
+    ).all()
+    counts = {s.value: 0 for s in ItemStatus}
+    counts.update({str(s): int(n) for s, n in rows})
+    return counts
+
+
+def derive_state(job: Job, counts: dict[str, int]) -> str:
+    """Job state from the items (the database is the source of truth, not the broker)."""
+    if job.state == JobState.CANCELLED:
+        return JobState.CANCELLED
+    total = sum(counts.values())
+    final = sum(counts[s.value] for s in FINAL_STATUSES)
+    if job.listing_done and final == total:
+        return JobState.DONE
+    if final or counts[ItemStatus.RUNNING]:
+        return JobState.RUNNING
+    return JobState.PENDING
+
+
+def failure_reasons(session: Session, job_id: int, limit: int = 10) -> list[dict[str, Any]]:
+    """The most common error texts of failed/poison/skipped items."""
+    rows = session.execute(
+        select(Item.status, Item.error, func.count())
+        .where(Item.job_id == job_id, Item.status.in_([ItemStatus.FAILED, ItemStatus.POISON, ItemStatus.SKIPPED]))
+        .group_by(Item.status, Item.error)
+        .order_by(func.count().desc())
+        .limit(limit)
+    ).all()
+    return [{"status": s, "reason": e, "count": int(n)} for s, e, n in rows]
+
+
+def job_summary(session: Session, job: Job) -> dict[str, Any]:
+    """Everything ``labelfleet status --json`` prints for one job."""
+    counts = status_counts(session, job.id)
+    detections = session.scalar(
+        select(func.count()).select_from(Detection).join(Item, Detection.item_id == Item.id)
+        .where(Item.job_id == job.id)) or 0
+    tags = session.scalar(
+        select(func.count()).select_from(ItemTag).join(Item, ItemTag.item_id == Item.id)
+        .where(Item.job_id == job.id)) or 0
+    return {
+        "job": job.name,
+        "state": derive_state(job, counts),
+        "source": job.source,
+        "total": sum(counts.values()),
+        **counts,
+        "detections": int(detections),
+        "tags": int(tags),
+        "listing_done": bool(job.listing_done),
+        "random_weights": bool(job.models.get("random_weights", False)),
+        "failures": failure_reasons(session, job.id),
+        "created_at": job.created_at.isoformat() if job.created_at else None,
+    }
+
+
+def list_jobs(session: Session) -> list[dict[str, Any]]:
+    """One summary per job, newest first."""
+    return [job_summary(session, j) for j in session.scalars(select(Job).order_by(Job.id.desc())).all()]

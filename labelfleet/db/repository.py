@@ -1,0 +1,200 @@
+"""Repository functions: every read and write of jobs, items and labels.
+
+All writes are idempotent: items are inserted with ON CONFLICT DO NOTHING,
+labels of an item are replaced (delete + insert) in the same transaction
+that marks the item done, and that transaction only commits while the
+caller still holds the item's lease.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from labelfleet.db.models import FINAL_STATUSES, Detection, Item, ItemStatus, ItemTag, Job, JobState
+from labelfleet.errors import ConfigError
+from labelfleet.types import ImageRef
+
+logger = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def get_job(session: Session, name: str) -> Job:
+    """The job called ``name``; :class:`ConfigError` listing known jobs if absent."""
+    job = session.scalar(select(Job).where(Job.name == name))
+    if job is None:
+        names = session.scalars(select(Job.name).order_by(Job.id.desc()).limit(10)).all()
+        hint = f"; known jobs: {', '.join(names)}" if names else "; the database has no jobs yet"
+        raise ConfigError(f"no job named {name!r}{hint}")
+    return job
+
+
+def get_or_create_job(session: Session, name: str, source: str, config: dict[str, Any],
+                      models: dict[str, Any], queue: str | None = None) -> tuple[Job, bool]:
+    """Return ``(job, created)``. An existing job must have the same source and config."""
+    job = session.scalar(select(Job).where(Job.name == name))
+    if job is None:
+        job = Job(name=name, source=source, config=config, models=models, queue=queue, state=JobState.PENDING)
+        session.add(job)
+        session.flush()
+        return job, True
+    if job.source != source:
+        raise ConfigError(f"job {name!r} already exists for source {job.source!r}, not {source!r}; "
+                          "pick another --job name")
+    if job.config != config:
+        diff = sorted(k for k in set(job.config) | set(config) if job.config.get(k) != config.get(k))
+        raise ConfigError(f"job {name!r} already exists with different settings ({', '.join(diff)}); "
+                          "re-run with the same options or pick another --job name")
+    return job, False
+
+
+def _insert_ignore(session: Session) -> Any:
+    return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(Item)
+
+
+def add_items(session: Session, job: Job, refs: Iterable[ImageRef], *, batch_size: int = 1000) -> int:
+    """Insert items for ``refs`` (duplicates ignored), advancing ``job.listing_cursor``.
+
+    Commits after each batch so an interrupted listing resumes at the cursor.
+    Returns how many new rows were inserted.
+    """
+    added = 0
+    batch: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        nonlocal added
+        if not batch:
+            return
+        stmt = _insert_ignore(session).values(batch).on_conflict_do_nothing(index_elements=["job_id", "key"])
+        added += session.execute(stmt).rowcount or 0
+        job.listing_cursor = batch[-1]["key"]
+        session.commit()
+        batch.clear()
+
+    for ref in refs:
+        batch.append({"job_id": job.id, "key": ref.key, "size": ref.size, "etag": ref.etag,
+                      "status": ItemStatus.PENDING, "attempts": 0})
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    job.listing_done = True
+    session.commit()
+    return added
+
+
+def _claimable(job_id: int, now: datetime) -> Any:
+    return and_(
+        Item.job_id == job_id,
+        or_(Item.status == ItemStatus.PENDING,
+            and_(Item.status == ItemStatus.RUNNING, Item.lease_expires_at < now)),
+    )
+
+
+def claim_items(session: Session, job_id: int, owner: str, *, limit: int, lease_seconds: int,
+                item_ids: Sequence[int] | None = None) -> list[int]:
+    """Lease up to ``limit`` claimable items (pending, or running with an expired lease).
+
+    Uses ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING id``
+    on PostgreSQL so concurrent workers never claim the same item. Commits.
+    Returns the claimed item ids in id order.
+    """
+    now = utcnow()
+    sub: Select[Any] = select(Item.id).where(_claimable(job_id, now)).order_by(Item.id).limit(limit)
+    if item_ids is not None:
+        sub = sub.where(Item.id.in_(list(item_ids)))
+    if session.get_bind().dialect.name == "postgresql":
+        sub = sub.with_for_update(skip_locked=True)
+    stmt = (
+        update(Item)
+        .where(Item.id.in_(sub.scalar_subquery()))
+        .values(status=ItemStatus.RUNNING, lease_owner=owner, worker=owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds), attempts=Item.attempts + 1)
+        .returning(Item.id)
+        .execution_options(synchronize_session=False)
+    )
+    ids = sorted(session.scalars(stmt).all())
+    session.commit()
+    return ids
+
+
+@dataclass
+class LabelRows:
+    """Labels of one image, ready to be written (see :func:`finish_item`)."""
+
+    tags: list[tuple[str, float]] = field(default_factory=list)
+    detections: list[dict[str, Any]] = field(default_factory=list)  # Detection column -> value, without ids
+
+
+def finish_item(session: Session, item_id: int, owner: str, labels: LabelRows, *,
+                facts: dict[str, Any]) -> bool:
+    """Replace the item's labels and mark it done, in one transaction.
+
+    Only commits while ``owner`` still holds the lease; returns False (and
+    writes nothing) if the lease was lost to another worker.
+    """
+    stmt = (
+        update(Item)
+        .where(Item.id == item_id, Item.lease_owner == owner, Item.status == ItemStatus.RUNNING)
+        .values(status=ItemStatus.DONE, error=None, lease_owner=None, lease_expires_at=None,
+                finished_at=utcnow(), **facts)
+    )
+    if session.execute(stmt).rowcount != 1:
+        session.rollback()
+        logger.warning("item %s: lease lost before its labels were written; another worker owns it", item_id)
+        return False
+    session.execute(delete(ItemTag).where(ItemTag.item_id == item_id))
+    session.execute(delete(Detection).where(Detection.item_id == item_id))
+    if labels.tags:
+        session.execute(insert(ItemTag), [{"item_id": item_id, "name": n, "score": s} for n, s in labels.tags])
+    if labels.detections:
+        session.execute(insert(Detection), [{"item_id": item_id, "idx": i, **d}
+                                            for i, d in enumerate(labels.detections)])
+    session.commit()
+    return True
+
+
+def end_item(session: Session, item_id: int, owner: str, status: ItemStatus, error: str,
+             facts: dict[str, Any] | None = None) -> bool:
+    """Record a final non-done status (failed/skipped/poison) with its reason, or put it back to pending."""
+    values: dict[str, Any] = {"status": status, "error": error[:4000], "lease_owner": None,
+                              "lease_expires_at": None, **(facts or {})}
+    if status in FINAL_STATUSES:
+        values["finished_at"] = utcnow()
+    stmt = update(Item).where(Item.id == item_id, Item.lease_owner == owner).values(**values)
+    ok = session.execute(stmt).rowcount == 1
+    session.commit()
+    return ok
+
+
+def release_items(session: Session, item_ids: Sequence[int], owner: str) -> int:
+    """Give leased items back (e.g. on Ctrl-C): running -> pending, the attempt not counted."""
+    if not item_ids:
+        return 0
+    stmt = (
+        update(Item)
+        .where(Item.id.in_(list(item_ids)), Item.lease_owner == owner, Item.status == ItemStatus.RUNNING)
+        .values(status=ItemStatus.PENDING, lease_owner=None, lease_expires_at=None,
+                attempts=func.max(Item.attempts - 1, 0) if session.get_bind().dialect.name == "sqlite"
+                else func.greatest(Item.attempts - 1, 0))
+    )
+    n = session.execute(stmt).rowcount or 0
+    session.commit()
+    return n
+
+
+def release_dead_owners(session: Session, job_id: int, is_dead: Any) -> int:
+    """Release running items whose lease owner ``is_dead(owner)`` says is gone."""
+    owners = session.scalars(select(Item.lease_owner).where(
+        Item.job_id == job_id, Item.status == ItemStatus.RUNNING).distinct()).all()
+    return sum(release_items(session, session.scalars(select(Item.id).where(
+        Item.job_id == job_id, Item.lease_owner == o)).all(), o) for o in owners if o and is_dead(o))

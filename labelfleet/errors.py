@@ -1,0 +1,63 @@
+"""Error hierarchy of labelfleet.
+
+Every error raised on purpose descends from :class:`LabelfleetError`. The two
+branches that matter for control flow are:
+
+* :class:`RetryableError` -- the same call may succeed later (network blip,
+  throttled storage, database restart). Workers retry these with backoff.
+* :class:`PermanentError` -- retrying cannot help (undecodable image, unknown
+  model key, bad configuration). The item is recorded as failed at once.
+"""
+
+from __future__ import annotations
+
+
+class LabelfleetError(Exception):
+    """Base class of all labelfleet errors."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class RetryableError(LabelfleetError):
+    """Raised when an operation failed for a reason that may go away by itself.
+
+    ``delay_s`` is a hint for how long to wait before the next try.
+    """
+
+    def __init__(self, message: str, delay_s: float | None = None) -> None:
+        super().__init__(message)
+        self.delay_s = delay_s
+
+
+#: Alias used by the Celery layer (dramatiq/onyx naming).
+TransientError = RetryableError
+
+
+class PermanentError(LabelfleetError):
+    """Raised when an operation can never succeed for this input."""
+
+
+class BadImageError(PermanentError):
+    """Raised when image bytes cannot be turned into an RGB array."""
+
+
+class ItemSkipped(PermanentError):
+    """Raised when a listed object is gone (deleted between listing and fetch)."""
+
+
+class StorageError(RetryableError):
+    """Raised when a storage backend fails transiently."""
+
+
+class ConfigError(PermanentError):
+    """Raised when settings, presets or model keys are wrong."""
+
+
+class ModelUnavailableError(ConfigError):
+    """Raised when a model file is missing and cannot be downloaded."""
+
+
+class ChecksumError(PermanentError):
+    """Raised when a downloaded file does not match its pinned sha256."""

@@ -1,0 +1,1 @@
+"""Model catalog (official URLs, sizes, sha256) and the resumable downloader."""
