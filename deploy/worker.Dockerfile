@@ -13,13 +13,18 @@
 # ---------------------------------------------------------------------------------------------
 # Builder: a relocatable CPython 3.11 (python-build-standalone via uv) and a venv with the deps.
 # ---------------------------------------------------------------------------------------------
+# The plain CUDA runtime base is enough: the torch cu130 wheels bring their own cuDNN/cuBLAS/NCCL
+# (nvidia-*-cu13 wheels), so a -cudnn- base would only ship cuDNN twice.
 FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04 AS builder
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # Compilers for the source-only extensions among the model deps (GroundingDINO's ops, pycocotools).
+# Distro package versions are not pinned: the base tag pins the distro, and Ubuntu drops superseded
+# security-pocket versions, which would break rebuilds.
+# hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential=12.10ubuntu1 git=1:2.43.0-1ubuntu7.3 \
+    && apt-get install -y --no-install-recommends build-essential \
     && rm -rf /var/lib/apt/lists/*
 
 COPY --from=ghcr.io/astral-sh/uv:0.8.15 /uv /usr/local/bin/uv
@@ -58,9 +63,10 @@ FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04 AS runtime
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# OpenCV's runtime libraries; tini forwards SIGTERM so Celery's warm shutdown sees it.
+# OpenCV's runtime libraries; tini (PID 1) forwards SIGTERM so Celery's warm shutdown sees it.
+# hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libgl1=1.7.0-1build1 libglib2.0-0t64=2.80.0-6ubuntu3.4 tini=0.19.0-1 \
+    && apt-get install -y --no-install-recommends libgl1 libglib2.0-0t64 tini \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 labelfleet \
     && useradd --system --uid 10001 --gid 10001 --home-dir /home/labelfleet --create-home --shell /usr/sbin/nologin labelfleet \
@@ -78,6 +84,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     ALEMBIC_CONFIG=/app/alembic.ini \
     HOME=/home/labelfleet \
+    XDG_CACHE_HOME=/tmp/cache \
+    MPLCONFIGDIR=/tmp/matplotlib \
     LABELFLEET_MODEL_DIR=/models \
     HF_HOME=/models/huggingface \
     TORCH_HOME=/models/torch \

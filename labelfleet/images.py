@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -71,23 +72,28 @@ def decode_image(data: bytes, *, max_pixels: int = 100_000_000) -> DecodedImage:
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels  # the user raised our limit: let Pillow follow (never lowered)
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise BadImageError("not an image: the data is in no format Pillow can read") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImageError(f"image too large: {exc}") from exc
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise BadImageError(_too_large(int(found.group(1)) if found else -1, max_pixels)) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImageError(f"corrupt image header ({exc})") from exc
+        raise BadImageError(f"truncated or corrupt image data ({exc})") from exc
     w, h = img.size
     if w < 1 or h < 1:
         raise BadImageError(f"image has no pixels ({w}x{h})")
     if w * h > max_pixels:
-        raise BadImageError(
-            f"image too large: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
-            "(possible decompression bomb; raise LABELFLEET_MAX_IMAGE_PIXELS to allow it)"
-        )
+        raise BadImageError(_too_large(w * h, max_pixels))
     return img
+
+
+def _too_large(pixels: int, max_pixels: int) -> str:
+    return (f"image too large: {pixels:,} pixels exceeds the limit of {max_pixels:,} "
+            "(possible decompression bomb; raise LABELFLEET_MAX_IMAGE_PIXELS to allow it)")
 
 
 def _to_rgb(img: Image.Image) -> RGBImage:

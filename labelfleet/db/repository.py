@@ -75,8 +75,9 @@ def add_items(session: Session, job: Job, refs: Iterable[ImageRef], *, batch_siz
         nonlocal added
         if not batch:
             return
-        stmt = _insert_ignore(session).values(batch).on_conflict_do_nothing(index_elements=["job_id", "key"])
-        added += session.execute(stmt).rowcount or 0
+        stmt = (_insert_ignore(session).values(batch)
+                .on_conflict_do_nothing(index_elements=["job_id", "key"]).returning(Item.id))
+        added += len(session.scalars(stmt).all())
         job.listing_cursor = batch[-1]["key"]
         session.commit()
         batch.clear()

@@ -1,0 +1,93 @@
+"""Detections validation, indexing and merging; RLE round trip; catalog lookups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labelfleet.errors import ConfigError
+from labelfleet.masks import decode_rle, encode_rle, mask_to_xyxy, rle_area
+from labelfleet.models.catalog import MODELS, PRESETS, get_model, get_preset
+from labelfleet.types import Detections, cxcywh_norm_to_xyxy
+
+
+def _dets(n: int = 3, with_mask: bool = False) -> Detections:
+    xyxy = np.array([[0, 0, 10, 10], [5, 5, 20, 30], [1, 2, 3, 4]], np.float32)[:n]
+    mask = np.zeros((n, 40, 50), bool) if with_mask else None
+    return Detections(xyxy=xyxy, confidence=np.array([0.9, 0.5, 0.3][:n]), class_name=["a", "b", "c"][:n],
+                      mask=mask, data={"phrase": ["pa", "pb", "pc"][:n]})
+
+
+BAD_DETECTIONS = [
+    ({"xyxy": np.zeros((2, 3))}, "xyxy must be a 2D array with shape (_, 4), but got shape (2, 3)"),
+    ({"confidence": np.zeros(2)}, "confidence must be a 1D array with shape (3,), but got shape (2,)"),
+    ({"class_name": ["a"]}, "class_name must be a 1D array with shape (3,), but got shape (1,)"),
+    ({"mask": np.zeros((2, 4, 4), bool)}, "mask must be a 3D array with shape (3, H, W), but got shape (2, 4, 4)"),
+    ({"xyxy": np.array([[5, 0, 1, 1]] * 3)}, "xyxy must satisfy x1 >= x0 and y1 >= y0"),
+    ({"xyxy": np.array([[0, 0, np.nan, 1]] * 3)}, "xyxy must be finite"),
+    ({"data": {"phrase": ["x"]}}, "data['phrase'] must be a 1D array with shape (3,), but got shape (1,)"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_DETECTIONS, ids=[m[:30] for _, m in BAD_DETECTIONS])
+def test_detections_validation(change: dict, message: str) -> None:
+    kw = {"xyxy": np.zeros((3, 4)), "confidence": np.zeros(3), "class_name": ["a", "b", "c"], **change}
+    with pytest.raises(ValueError) as info:
+        Detections(**kw)
+    assert str(info.value) == message
+
+
+def test_detections_filter_and_merge() -> None:
+    d = _dets(with_mask=True)
+    high = d[d.confidence > 0.4]
+    assert len(high) == 2 and list(high.class_name) == ["a", "b"] and high.mask is not None
+    assert list(high.data["phrase"]) == ["pa", "pb"]
+    merged = Detections.merge([high, Detections.empty().__class__(xyxy=np.zeros((0, 4)), confidence=[],
+                                                                  class_name=[]), d[[2]]])
+    assert list(merged.class_name) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="All or none of the 'mask' fields must be None"):
+        Detections.merge([_dets(1, True), _dets(1, False)])
+    assert len(Detections.merge([])) == 0 and Detections.empty().xyxy.shape == (0, 4)
+
+
+def test_cxcywh_conversion() -> None:
+    out = cxcywh_norm_to_xyxy(np.array([[0.5, 0.5, 0.5, 0.5]]), 100, 200)
+    np.testing.assert_allclose(out, [[25, 50, 75, 150]])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (240, 320), (1, 10000)])
+def test_rle_round_trip(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(0)
+    mask = rng.random(shape) > 0.6
+    rle = encode_rle(mask)
+    assert rle["size"] == list(shape) and isinstance(rle["counts"], str)
+    np.testing.assert_array_equal(decode_rle(rle), mask)
+    assert rle_area(rle) == int(mask.sum())
+
+
+def test_rle_uncompressed_counts_and_bad_shape() -> None:
+    mask = np.zeros((3, 2), bool)
+    mask[1:, 1] = True
+    # column-major runs: 4 zeros, then 2 ones
+    np.testing.assert_array_equal(decode_rle({"size": [3, 2], "counts": [4, 2]}), mask)
+    with pytest.raises(ValueError, match=r"mask must be 2D \(H, W\), but got shape \(2, 2, 2\)"):
+        encode_rle(np.zeros((2, 2, 2), bool))
+
+
+def test_mask_to_xyxy() -> None:
+    m = np.zeros((10, 10), bool)
+    m[2:5, 3:8] = True
+    assert mask_to_xyxy(m) == (3.0, 2.0, 8.0, 5.0)
+    assert mask_to_xyxy(np.zeros((4, 4), bool)) is None
+
+
+def test_catalog() -> None:
+    assert {"ram", "ram_plus", "gdino_swint_ogc", "sam_vit_h", "sam_vit_b"} <= set(MODELS)
+    for spec in MODELS.values():
+        for f in spec.files:
+            assert len(f.sha256) == 64 and f.url.startswith("https://") and f.size > 0
+    assert PRESETS["tiny-random"].random_weights and not PRESETS["default"].random_weights
+    with pytest.raises(ConfigError, match="unknown model preset 'nope'; choose one of: default, fast"):
+        get_preset("nope")
+    with pytest.raises(ConfigError, match="unknown detector model 'sam_vit_h'; choose one of: gdino_swint_ogc"):
+        get_model("sam_vit_h", "detector")

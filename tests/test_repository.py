@@ -1,0 +1,106 @@
+"""Repository semantics on real SQLite and PostgreSQL: idempotent listing, leases, replace-on-rewrite."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from labelfleet.db import migrate
+from labelfleet.db import repository as repo
+from labelfleet.db.engine import make_engine, session_factory
+from labelfleet.db.models import Detection, Item, ItemStatus, ItemTag
+from labelfleet.db.queries import job_summary
+from labelfleet.errors import ConfigError
+from labelfleet.types import ImageRef
+
+
+@pytest.fixture
+def factory(db_url: str):  # type: ignore[no-untyped-def]
+    engine = make_engine(db_url)
+    migrate.upgrade(engine)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+def _job(factory, n: int = 10):  # type: ignore[no-untyped-def]
+    with factory() as s:
+        job, created = repo.get_or_create_job(s, "j", "/src", {"a": 1}, {})
+        s.commit()
+        repo.add_items(s, job, (ImageRef("/src", f"k{i:03d}.jpg", 10) for i in range(n)), batch_size=3)
+        return job.id
+
+
+def test_add_items_is_idempotent_and_resumable(factory) -> None:  # type: ignore[no-untyped-def]
+    job_id = _job(factory)
+    with factory() as s:
+        job = repo.get_job(s, "j")
+        assert job.listing_cursor == "k009.jpg" and job.listing_done
+        again = repo.add_items(s, job, (ImageRef("/src", f"k{i:03d}.jpg") for i in range(12)))
+        assert again == 2
+        assert s.scalar(select(func.count()).select_from(Item).where(Item.job_id == job_id)) == 12
+
+
+def test_job_config_conflicts(factory) -> None:  # type: ignore[no-untyped-def]
+    _job(factory)
+    with factory() as s:
+        with pytest.raises(ConfigError, match="job 'j' already exists for source '/src', not '/other'"):
+            repo.get_or_create_job(s, "j", "/other", {"a": 1}, {})
+        with pytest.raises(ConfigError, match=r"job 'j' already exists with different settings \(a\)"):
+            repo.get_or_create_job(s, "j", "/src", {"a": 2}, {})
+        with pytest.raises(ConfigError, match="no job named 'x'; known jobs: j"):
+            repo.get_job(s, "x")
+
+
+def test_claims_do_not_overlap_and_expired_leases_return(factory) -> None:  # type: ignore[no-untyped-def]
+    job_id = _job(factory)
+    with factory() as s:
+        a = repo.claim_items(s, job_id, "A", limit=4, lease_seconds=60)
+        b = repo.claim_items(s, job_id, "B", limit=100, lease_seconds=60)
+    assert len(a) == 4 and len(b) == 6 and not set(a) & set(b)
+    with factory() as s:
+        assert repo.claim_items(s, job_id, "C", limit=10, lease_seconds=60) == []
+        s.execute(update(Item).where(Item.id.in_(a)).values(lease_expires_at=repo.utcnow() - timedelta(seconds=1)))
+        s.commit()
+        c = repo.claim_items(s, job_id, "C", limit=10, lease_seconds=60)
+    assert c == a
+    with factory() as s:  # A's lease was taken over: A cannot write labels any more
+        assert not repo.finish_item(s, a[0], "A", repo.LabelRows(tags=[("cat", 0.9)]), facts={})
+        assert repo.finish_item(s, a[0], "C", repo.LabelRows(tags=[("cat", 0.9)]), facts={})
+        item = s.get(Item, a[0])
+        assert item is not None and item.status == ItemStatus.DONE and item.attempts == 2
+
+
+def test_rewrite_replaces_labels(factory) -> None:  # type: ignore[no-untyped-def]
+    job_id = _job(factory, 1)
+    det = {"x0": 0.0, "y0": 0.0, "x1": 1.0, "y1": 1.0, "score": 0.5, "class_name": "cat", "phrase": "cat",
+           "tag": None, "mask": None, "area": None}
+    for _ in range(2):
+        with factory() as s:
+            (item_id,) = repo.claim_items(s, job_id, "W", limit=1, lease_seconds=60) or [None]
+            if item_id is None:  # second round: put it back as a re-label would
+                s.execute(update(Item).values(status=ItemStatus.PENDING))
+                s.commit()
+                (item_id,) = repo.claim_items(s, job_id, "W", limit=1, lease_seconds=60)
+            labels = repo.LabelRows(tags=[("cat", 0.9), ("dog", 0.7)], detections=[det, det])
+            assert repo.finish_item(s, item_id, "W", labels, facts={"width": 5, "height": 4})
+    with factory() as s:
+        assert s.scalar(select(func.count()).select_from(ItemTag)) == 2
+        assert s.scalar(select(func.count()).select_from(Detection)) == 2
+        summary = job_summary(s, repo.get_job(s, "j"))
+    assert (summary["done"], summary["total"], summary["tags"], summary["detections"]) == (1, 1, 2, 2)
+    assert summary["state"] == "done"
+
+
+def test_release_and_end_item(factory) -> None:  # type: ignore[no-untyped-def]
+    job_id = _job(factory, 3)
+    with factory() as s:
+        ids = repo.claim_items(s, job_id, "W", limit=3, lease_seconds=60)
+        assert repo.end_item(s, ids[0], "W", ItemStatus.FAILED, "not an image")
+        assert repo.release_items(s, ids, "W") == 2
+        summary = job_summary(s, repo.get_job(s, "j"))
+        attempts = sorted(s.scalars(select(Item.attempts)).all())
+    assert (summary["failed"], summary["pending"], summary["running"]) == (1, 2, 0)
+    assert summary["failures"] == [{"status": "failed", "reason": "not an image", "count": 1}]
+    assert attempts == [0, 0, 1]
