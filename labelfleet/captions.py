@@ -125,9 +125,7 @@ def split_classes(
             continue
         alone = count_tokens(build_caption([c]))
         if alone > max_tokens:
-            raise ValueError(
-                f"class {c!r} alone needs {alone} tokens, more than max_tokens={max_tokens}"
-            )
+            raise ValueError(f"class {c!r} alone needs {alone} tokens, more than max_tokens={max_tokens}")
         if current:
             chunks.append(current)
         current = [c]
@@ -201,7 +199,8 @@ def assign_classes(
         raise ValueError(f"token_scores must be 2D (n_boxes, n_tokens), got shape {scores.shape}")
     if len(token_char_spans) != scores.shape[1]:
         raise ValueError(
-            f"token_char_spans has {len(token_char_spans)} spans but token_scores has {scores.shape[1]} tokens"
+            f"token_char_spans has {len(token_char_spans)} spans "
+            f"but token_scores has {scores.shape[1]} tokens"
         )
     if len(class_char_spans) == 0:
         raise ValueError("class_char_spans must not be empty")
@@ -211,7 +210,5 @@ def assign_classes(
     class_idx = per_class.argmax(axis=1).astype(np.int64)
     tok_spans = np.asarray(token_char_spans, dtype=np.int64).reshape(-1, 2)
     in_any_class = member.any(axis=0)
-    phrases = [
-        _phrase(caption, tok_spans[(row > text_threshold) & in_any_class]) for row in scores
-    ]
+    phrases = [_phrase(caption, tok_spans[(row > text_threshold) & in_any_class]) for row in scores]
     return class_idx, phrases

@@ -17,7 +17,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a wrong tokenizer path fails at once, not after ~46 s
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -108,7 +109,11 @@ def test_split_classes(classes: list[str], max_tokens: int, chunks: list[list[st
 @pytest.mark.parametrize(
     ("classes", "max_tokens", "message"),
     [
-        (["cat", "a very long class name"], 6, "class 'a very long class name' alone needs 8 tokens, more than max_tokens=6"),
+        (
+            ["cat", "a very long class name"],
+            6,
+            "class 'a very long class name' alone needs 8 tokens, more than max_tokens=6",
+        ),
         (["cat"], 2, "max_tokens must be >= 3, got 2"),
         ("cat", 10, "classes must be a sequence of str, not a single str"),
         (["cat", ""], 10, "class name '' is empty after normalization"),
@@ -131,7 +136,7 @@ def test_split_classes_random_lists_fit_and_keep_order() -> None:
         expected = list(dict.fromkeys(normalize_class(c) for c in classes))
         assert [normalize_class(c) for c in flat] == expected
         # greedy: the first class of each following chunk would not have fitted
-        for a, b in zip(chunks, chunks[1:], strict=False):
+        for a, b in itertools.pairwise(chunks):
             assert word_count(build_caption([*a, b[0]])) > max_tokens
 
 
@@ -172,7 +177,9 @@ def test_assign_classes_word_pieces_are_joined() -> None:
     caption = "zebra . cat ."  # [CLS] ze ##bra . cat . [SEP]
     tokens = [(0, 0), (0, 2), (2, 5), (6, 7), (8, 11), (12, 13), (0, 0)]
     scores = np.asarray([[0.0, 0.8, 0.9, 0.0, 0.1, 0.0, 0.0], [0.0, 0.1, 0.1, 0.0, 0.7, 0.0, 0.0]])
-    idx, phrases = assign_classes(scores, tokens, class_spans(["zebra", "cat"]), caption=caption, text_threshold=0.5)
+    idx, phrases = assign_classes(
+        scores, tokens, class_spans(["zebra", "cat"]), caption=caption, text_threshold=0.5
+    )
     assert idx.tolist() == [0, 1]
     assert phrases == ["zebra", "cat"]
 

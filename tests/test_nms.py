@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from stages_fixtures import box_iou
 
 from labelfleet.types import Detections
+from tests.stages_fixtures import box_iou
 from workers.stages.postprocess import drop_degenerate, nms_detections, nms_indices
 
 BOXES = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 10.5]], np.float32)
@@ -49,7 +49,9 @@ def test_nms_rejects(boxes: np.ndarray, scores: np.ndarray, iou: float, message:
 
 def test_nms_detections_keeps_columns_and_is_class_agnostic() -> None:
     dets = Detections(
-        xyxy=BOXES, confidence=np.array([0.9, 0.8, 0.7, 0.1]), class_name=["cat", "dog", "cat", "cow"],
+        xyxy=BOXES,
+        confidence=np.array([0.9, 0.8, 0.7, 0.1]),
+        class_name=np.array(["cat", "dog", "cat", "cow"], dtype=object),
         data={"phrase": np.array(["cat", "dog", "cat", "cow"], dtype=object)},
     )
     out = nms_detections(dets, 0.5)
@@ -69,6 +71,9 @@ def test_nms_random_boxes_leave_no_overlap_above_threshold() -> None:
 
 
 def test_drop_degenerate() -> None:
-    dets = Detections(xyxy=[[0, 0, 5, 5], [3, 3, 3, 9], [1, 2, 4, 2]], confidence=[0.5, 0.6, 0.7],
-                      class_name=["a", "b", "c"])
+    dets = Detections(
+        xyxy=np.array([[0, 0, 5, 5], [3, 3, 3, 9], [1, 2, 4, 2]], np.float32),
+        confidence=np.array([0.5, 0.6, 0.7], np.float32),
+        class_name=np.array(["a", "b", "c"], dtype=object),
+    )
     assert drop_degenerate(dets).class_name.tolist() == ["a"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,9 @@ def global_options(
 ) -> None:
     """Auto-label image datasets with zero-shot models."""
     level = logging.WARNING - 10 * min(verbose, 2)
+    if verbose == 0:  # third-party deprecation noise (timm, torch, transformers) hides the progress bar
+        for category in (FutureWarning, DeprecationWarning, UserWarning):
+            warnings.filterwarnings("ignore", category=category)
     logging.basicConfig(level=level, format="%(name)s: %(message)s",
                         handlers=[RichHandler(console=console_err, show_path=False, rich_tracebacks=False)])
 

@@ -123,7 +123,9 @@ def load_gdino_checkpoint(model: torch.nn.Module, checkpoint: Path) -> None:
     except Exception as exc:
         raise PermanentError(f"cannot read GroundingDINO checkpoint {checkpoint}: {exc}") from exc
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise PermanentError(f"GroundingDINO checkpoint {checkpoint} must be a dict with a 'model' state dict")
+        raise PermanentError(
+            f"GroundingDINO checkpoint {checkpoint} must be a dict with a 'model' state dict"
+        )
     state = {k.removeprefix("module."): v for k, v in ckpt["model"].items()}
     try:
         result = model.load_state_dict(state, strict=False)
@@ -137,6 +139,38 @@ def load_gdino_checkpoint(model: torch.nn.Module, checkpoint: Path) -> None:
             f"missing keys {missing[:10]} ({len(missing)} in all), "
             f"unexpected keys {unexpected[:10]} ({len(unexpected)} in all)"
         )
+
+
+def _fix_text_mask_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Forward pre-hook for GroundingDINO's text-enhancer ``TransformerEncoderLayer``.
+
+    Upstream expands the ``(bs, T, T)`` text self-attention mask with
+    ``mask.repeat(nhead, 1, 1)``, but ``nn.MultiheadAttention`` wants
+    batch-major ``(bs * nhead, T, T)`` (``repeat_interleave``); with different
+    captions in one batch each sample would get another sample's mask. We
+    expand it correctly here, which makes upstream skip its own expansion.
+    Identical to upstream for batch size 1.
+    """
+    mask = kwargs.get("src_mask")
+    src = kwargs.get("src")
+    nhead = int(module.nhead)  # type: ignore[arg-type]
+    if (
+        mask is not None
+        and src is not None
+        and mask.dim() == 3
+        and mask.shape[0] == src.shape[1]
+        and nhead > 1
+    ):
+        kwargs["src_mask"] = mask.repeat_interleave(nhead, dim=0)
+    return args, kwargs
+
+
+def install_batch_fixes(model: torch.nn.Module) -> None:
+    """Make batched inference with per-image captions equal to one-by-one inference (see hook above)."""
+    for layer in getattr(model.transformer.encoder, "text_layers", None) or []:  # type: ignore[union-attr]
+        if not getattr(layer, "_labelfleet_mask_fix", False):
+            layer.register_forward_pre_hook(_fix_text_mask_hook, with_kwargs=True)
+            layer._labelfleet_mask_fix = True
 
 
 def resized_hw(height: int, width: int, size: int, max_size: int) -> tuple[int, int]:
@@ -210,8 +244,11 @@ class GroundingDinoDetector:
         image_size: int = 800,
         max_size: int = 1333,
     ) -> None:
-        for name, value in (("box_threshold", box_threshold), ("text_threshold", text_threshold),
-                            ("nms_iou", nms_iou)):
+        for name, value in (
+            ("box_threshold", box_threshold),
+            ("text_threshold", text_threshold),
+            ("nms_iou", nms_iou),
+        ):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if batch_size < 1 or image_size < MIN_RESIZED_SIDE or max_size < image_size:
@@ -221,7 +258,8 @@ class GroundingDinoDetector:
             )
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.tokenizer = model.tokenizer  # type: ignore[union-attr]
+        install_batch_fixes(self.model)
+        self.tokenizer: Any = model.tokenizer
         if not getattr(self.tokenizer, "is_fast", False):
             raise ConfigError("GroundingDINO needs a fast tokenizer (offset mapping); install `tokenizers`")
         self.box_threshold, self.text_threshold, self.nms_iou = box_threshold, text_threshold, nms_iou
@@ -247,7 +285,10 @@ class GroundingDinoDetector:
             for i, cls in enumerate(classes)
             for chunk in split_classes(cls, self.count_tokens, MAX_TEXT_TOKENS)
         ]
-        inputs = {i: preprocess_image(images[i], self.image_size, self.max_size) for i in {j.image_idx for j in jobs}}
+        inputs = {
+            i: preprocess_image(images[i], self.image_size, self.max_size)
+            for i in {j.image_idx for j in jobs}
+        }
         buckets: dict[tuple[int, ...], list[_Job]] = defaultdict(list)
         for job in jobs:
             buckets[tuple(inputs[job.image_idx][0].shape)].append(job)
@@ -268,7 +309,7 @@ class GroundingDinoDetector:
     def _forward(
         self, batch: list[_Job], inputs: dict[int, tuple[torch.Tensor, tuple[int, int]]]
     ) -> list[Detections]:
-        """One model forward for same-shaped inputs; returns per-job detections (orig frame, unfiltered by NMS)."""
+        """One forward over same-shaped inputs; per-job detections in the padded frame, before NMS."""
         from groundingdino.util.misc import NestedTensor
 
         tensors = torch.stack([inputs[j.image_idx][0] for j in batch]).to(self.device)
@@ -294,7 +335,10 @@ class GroundingDinoDetector:
         if keep.size == 0:
             return _with_phrase(Detections.empty())
         class_idx, phrases = assign_classes(
-            scores[keep], offsets, class_spans(job.classes), caption=job.caption,
+            scores[keep],
+            offsets,
+            class_spans(job.classes),
+            caption=job.caption,
             text_threshold=self.text_threshold,
         )
         ph, pw = padded_hw
@@ -310,8 +354,13 @@ def _clipped(dets: Detections, width: int, height: int) -> Detections:
     """``dets`` with boxes clipped to the ``width x height`` original frame."""
     if len(dets) == 0:
         return dets
-    return Detections(xyxy=clip_xyxy(dets.xyxy, width, height), confidence=dets.confidence,
-                      class_name=dets.class_name, mask=dets.mask, data=dict(dets.data))
+    return Detections(
+        xyxy=clip_xyxy(dets.xyxy, width, height),
+        confidence=dets.confidence,
+        class_name=dets.class_name,
+        mask=dets.mask,
+        data=dict(dets.data),
+    )
 
 
 def _with_phrase(dets: Detections) -> Detections:

@@ -68,11 +68,16 @@ DETECTOR_BUILDERS: dict[str, Callable[[Path | None, Path], torch.nn.Module]] = {
     "gdino_tiny": build_gdino_tiny,
 }
 #: Short side each detector runs at unless ``image_size`` is given.
-DETECTOR_IMAGE_SIZE = {"gdino_swint_ogc": DEFAULT_IMAGE_SIZE, "gdino_swinb_cogcoor": DEFAULT_IMAGE_SIZE,
-                       "gdino_tiny": TINY_GDINO_IMAGE_SIZE}
+DETECTOR_IMAGE_SIZE = {
+    "gdino_swint_ogc": DEFAULT_IMAGE_SIZE,
+    "gdino_swinb_cogcoor": DEFAULT_IMAGE_SIZE,
+    "gdino_tiny": TINY_GDINO_IMAGE_SIZE,
+}
 
 
-def _lookup(registry: dict[str, Callable[..., torch.nn.Module]], kind: str, key: str) -> Callable[..., torch.nn.Module]:
+def _lookup(
+    registry: dict[str, Callable[..., torch.nn.Module]], kind: str, key: str
+) -> Callable[..., torch.nn.Module]:
     if key not in registry:
         raise ConfigError(f"unknown {kind} key {key!r}; valid keys: {', '.join(sorted(registry))}")
     return registry[key]
@@ -105,8 +110,14 @@ def build_detector(
     model = builder(checkpoint, Path(text_encoder_dir))
     logger.info("built detector %s (checkpoint=%s, device=%s, image_size=%d)", key, checkpoint, device, size)
     return GroundingDinoDetector(
-        model, device=device, box_threshold=box_threshold, text_threshold=text_threshold, nms_iou=nms_iou,
-        batch_size=batch_size, image_size=size, max_size=round(size * DEFAULT_MAX_SIZE / DEFAULT_IMAGE_SIZE),
+        model,
+        device=device,
+        box_threshold=box_threshold,
+        text_threshold=text_threshold,
+        nms_iou=nms_iou,
+        batch_size=batch_size,
+        image_size=size,
+        max_size=round(size * DEFAULT_MAX_SIZE / DEFAULT_IMAGE_SIZE),
     )
 
 
@@ -156,7 +167,9 @@ SEGMENTER_BUILDERS: dict[str, Callable[[Path | None], torch.nn.Module]] = {
 }
 
 
-def build_segmenter(key: str, *, checkpoint: Path | None, device: str, encoder_batch_size: int = 1) -> SamSegmenter:
+def build_segmenter(
+    key: str, *, checkpoint: Path | None, device: str, encoder_batch_size: int = 1
+) -> SamSegmenter:
     """Build and load a segmenter by settings key (errors as in :func:`build_detector`)."""
     builder = _lookup(SEGMENTER_BUILDERS, "segmenter", key)
     model = builder(checkpoint)

@@ -58,13 +58,16 @@ class SamSegmenter:
             float memory of ``(n, H, W)`` logits on large images).
     """
 
-    def __init__(self, model: Any, *, device: str = "cpu", encoder_batch_size: int = 1,
-                 upscale_chunk: int = 16) -> None:
+    def __init__(
+        self, model: Any, *, device: str = "cpu", encoder_batch_size: int = 1, upscale_chunk: int = 16
+    ) -> None:
         from segment_anything.utils.transforms import ResizeLongestSide
 
         if encoder_batch_size < 1 or upscale_chunk < 1:
-            raise ValueError(f"encoder_batch_size and upscale_chunk must be >= 1, got "
-                             f"{encoder_batch_size}, {upscale_chunk}")
+            raise ValueError(
+                f"encoder_batch_size and upscale_chunk must be >= 1, got "
+                f"{encoder_batch_size}, {upscale_chunk}"
+            )
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.img_size = int(model.image_encoder.img_size)
@@ -91,8 +94,12 @@ class SamSegmenter:
         padded = self._pad_extreme(image)
         resized = self.transform.apply_image(padded)
         tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
-        return _Prepared(tensor, (resized.shape[0], resized.shape[1]),
-                         (padded.shape[0], padded.shape[1]), (image.shape[0], image.shape[1]))
+        return _Prepared(
+            tensor,
+            (resized.shape[0], resized.shape[1]),
+            (padded.shape[0], padded.shape[1]),
+            (image.shape[0], image.shape[1]),
+        )
 
     def _encode(self, prepared: Sequence[_Prepared]) -> torch.Tensor:
         """Image embeddings ``(B, C, h', w')`` for prepared images, ``encoder_batch_size`` per forward."""
@@ -103,18 +110,24 @@ class SamSegmenter:
             feats.append(self.model.image_encoder(batch))
         return torch.cat(feats)
 
-    def _decode(self, features: torch.Tensor, prep: _Prepared, points: Any, boxes: torch.Tensor | None) -> BoolArray:
+    def _decode(
+        self, features: torch.Tensor, prep: _Prepared, points: Any, boxes: torch.Tensor | None
+    ) -> BoolArray:
         """Prompt encoder + mask decoder for one image; returns ``(n, H, W)`` bool in the original frame."""
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=None)
         low_res, _ = self.model.mask_decoder(
-            image_embeddings=features, image_pe=self.model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
+            image_embeddings=features,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
         )
         h, w = prep.original_size
         out = np.empty((low_res.shape[0], h, w), dtype=bool)
         for start in range(0, low_res.shape[0], self.upscale_chunk):
-            up = self.model.postprocess_masks(low_res[start : start + self.upscale_chunk],
-                                              prep.input_size, prep.padded_size)
+            up = self.model.postprocess_masks(
+                low_res[start : start + self.upscale_chunk], prep.input_size, prep.padded_size
+            )
             masks = up[:, 0, :h, :w] > self.model.mask_threshold
             out[start : start + masks.shape[0]] = masks.cpu().numpy()
         return out
@@ -128,7 +141,9 @@ class SamSegmenter:
         return self.transform.apply_boxes_torch(torch.as_tensor(arr, device=self.device), prep.padded_size)
 
     # --------------------------------------------------------------- public API
-    def segment_boxes(self, images: Sequence[RGBImage], boxes: Sequence[npt.NDArray[np.float32]]) -> list[BoolArray]:
+    def segment_boxes(
+        self, images: Sequence[RGBImage], boxes: Sequence[npt.NDArray[np.float32]]
+    ) -> list[BoolArray]:
         """One mask per box.
 
         Args:
@@ -186,16 +201,21 @@ class SamSegmenter:
             coords = np.asarray(points, dtype=np.float32)
             labels = np.asarray(point_labels if point_labels is not None else [], dtype=np.int64)
             if coords.ndim != 2 or coords.shape[1] != 2 or labels.shape != (coords.shape[0],):
-                raise ValueError(f"points must be (k, 2) with point_labels (k,), got {coords.shape} and "
-                                 f"{labels.shape}")
+                raise ValueError(
+                    f"points must be (k, 2) with point_labels (k,), got {coords.shape} and {labels.shape}"
+                )
             if not np.isin(labels, (0, 1)).all():
                 raise ValueError("point_labels must be 1 (include) or 0 (exclude)")
-            coords_t = self.transform.apply_coords_torch(torch.as_tensor(coords, device=self.device), prep.padded_size)
+            coords_t = self.transform.apply_coords_torch(
+                torch.as_tensor(coords, device=self.device), prep.padded_size
+            )
             pts = (coords_t[None], torch.as_tensor(labels, device=self.device)[None])
         with torch.inference_mode():
             return self._decode(self._encode([prep]), prep, pts, box_t)[0]
 
-    def segment_everything(self, image: RGBImage, **amg_kwargs: Any) -> list[tuple[BoolArray, np.ndarray, float]]:
+    def segment_everything(
+        self, image: RGBImage, **amg_kwargs: Any
+    ) -> list[tuple[BoolArray, np.ndarray, float]]:
         """Automatic masks via ``SamAutomaticMaskGenerator(model, **amg_kwargs)``.
 
         Returns:

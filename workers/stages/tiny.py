@@ -49,13 +49,87 @@ DECODER_NORM_SCALE = 0.08
 
 _SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _PUNCTUATION = [".", "?", ",", "-", "'", "/", "(", ")", "&"]
-_WORDS = (
-    "person man woman child boy girl people cat dog horse bird cow sheep bear zebra giraffe elephant "
-    "car bus truck bicycle motorcycle train boat airplane traffic light sign stop bench chair couch "
-    "table bed toilet tv laptop phone book clock vase bottle cup bowl fork knife spoon banana apple "
-    "orange pizza cake tree grass sky road building house window door wall floor water sea beach "
-    "mountain snow flower plant field street fence bag umbrella hat shirt shoe ball kite"
-).split()
+_WORDS = [
+    "person",
+    "man",
+    "woman",
+    "child",
+    "boy",
+    "girl",
+    "people",
+    "cat",
+    "dog",
+    "horse",
+    "bird",
+    "cow",
+    "sheep",
+    "bear",
+    "zebra",
+    "giraffe",
+    "elephant",
+    "car",
+    "bus",
+    "truck",
+    "bicycle",
+    "motorcycle",
+    "train",
+    "boat",
+    "airplane",
+    "traffic",
+    "light",
+    "sign",
+    "stop",
+    "bench",
+    "chair",
+    "couch",
+    "table",
+    "bed",
+    "toilet",
+    "tv",
+    "laptop",
+    "phone",
+    "book",
+    "clock",
+    "vase",
+    "bottle",
+    "cup",
+    "bowl",
+    "fork",
+    "knife",
+    "spoon",
+    "banana",
+    "apple",
+    "orange",
+    "pizza",
+    "cake",
+    "tree",
+    "grass",
+    "sky",
+    "road",
+    "building",
+    "house",
+    "window",
+    "door",
+    "wall",
+    "floor",
+    "water",
+    "sea",
+    "beach",
+    "mountain",
+    "snow",
+    "flower",
+    "plant",
+    "field",
+    "street",
+    "fence",
+    "bag",
+    "umbrella",
+    "hat",
+    "shirt",
+    "shoe",
+    "ball",
+    "kite",
+]
 
 
 def tiny_vocab() -> list[str]:
@@ -74,8 +148,15 @@ def write_tiny_text_encoder_dir(out_dir: Path) -> Path:
     (out_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tok_cfg = {"do_lower_case": True, "model_max_length": 512, "tokenizer_class": "BertTokenizer"}
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n", encoding="utf-8")
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=512, pad_token_id=0)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        pad_token_id=0,
+    )
     (out_dir / "config.json").write_text(cfg.to_json_string(use_diff=False), encoding="utf-8")
     return out_dir
 
@@ -100,7 +181,9 @@ def _tiny_swin() -> Iterator[None]:
 def build_tiny_gdino_model(text_encoder_dir: Path) -> torch.nn.Module:
     """Random-init tiny GroundingDINO (SwinT-OGC config, tiny Swin/BERT/transformer), eval mode."""
     with _tiny_swin():
-        return build_gdino_model(config_path("GroundingDINO_SwinT_OGC.py"), text_encoder_dir, TINY_GDINO_OVERRIDES)
+        return build_gdino_model(
+            config_path("GroundingDINO_SwinT_OGC.py"), text_encoder_dir, TINY_GDINO_OVERRIDES
+        )
 
 
 def build_tiny_sam(embed_dim: int = 32, img_size: int = 256) -> torch.nn.Module:
@@ -113,18 +196,31 @@ def build_tiny_sam(embed_dim: int = 32, img_size: int = 256) -> torch.nn.Module:
 
     sam = Sam(
         image_encoder=ImageEncoderViT(
-            depth=2, embed_dim=32, img_size=img_size, mlp_ratio=4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=2, patch_size=16, qkv_bias=True, use_rel_pos=True, global_attn_indexes=(1,),
-            window_size=8, out_chans=embed_dim,
+            depth=2,
+            embed_dim=32,
+            img_size=img_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=2,
+            patch_size=16,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=(1,),
+            window_size=8,
+            out_chans=embed_dim,
         ),
         prompt_encoder=PromptEncoder(
-            embed_dim=embed_dim, image_embedding_size=(img_size // 16, img_size // 16),
-            input_image_size=(img_size, img_size), mask_in_chans=16,
+            embed_dim=embed_dim,
+            image_embedding_size=(img_size // 16, img_size // 16),
+            input_image_size=(img_size, img_size),
+            mask_in_chans=16,
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(depth=2, embedding_dim=embed_dim, mlp_dim=64, num_heads=2),
-            transformer_dim=embed_dim, iou_head_depth=3, iou_head_hidden_dim=32,
+            transformer_dim=embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=32,
         ),
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],

@@ -108,6 +108,23 @@ reference only. Nothing secret is ever rendered into a manifest.
       name: {{ $secret }}
       key: {{ .Values.secrets.dbUrlKey }}
 {{- end }}
+{{- include "labelfleet.brokerEnv" . }}
+{{- if .Values.secrets.s3Credentials }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ .Values.secrets.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ .Values.secrets.secretAccessKeyKey }}
+{{- end }}
+{{- end }}
+
+{{/* LABELFLEET_BROKER_URL only (also used by Flower). */}}
+{{- define "labelfleet.brokerEnv" -}}
 {{- if .Values.redis.enabled }}
 - name: LF_BUNDLED_REDIS_PASSWORD
   valueFrom:
@@ -120,20 +137,8 @@ reference only. Nothing secret is ever rendered into a manifest.
 - name: LABELFLEET_BROKER_URL
   valueFrom:
     secretKeyRef:
-      name: {{ $secret }}
+      name: {{ include "labelfleet.secretName" . }}
       key: {{ .Values.secrets.brokerUrlKey }}
-{{- end }}
-{{- if .Values.secrets.s3Credentials }}
-- name: AWS_ACCESS_KEY_ID
-  valueFrom:
-    secretKeyRef:
-      name: {{ $secret }}
-      key: {{ .Values.secrets.accessKeyIdKey }}
-- name: AWS_SECRET_ACCESS_KEY
-  valueFrom:
-    secretKeyRef:
-      name: {{ $secret }}
-      key: {{ .Values.secrets.secretAccessKeyKey }}
 {{- end }}
 {{- end }}
 

@@ -55,7 +55,7 @@ class RamConfig:
 
 # Reduced sizes for tests: same structure (4 stages, shifted odd blocks, last stage = one window, 2 head layers),
 # much smaller widths. The 384 px input is kept because the official code only accepts 224 or 384 for Swin-L.
-_TINY_SWIN = SwinConfig(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4))
+_TINY_SWIN = SwinConfig(embed_dim=6, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4))
 _TINY_HEAD = HeadConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 TINY_DES_PER_CLASS = 4
 TINY_DEFAULT_NUM_CLASSES = 32

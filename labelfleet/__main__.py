@@ -1,0 +1,5 @@
+"""``python -m labelfleet`` runs the CLI."""
+
+from labelfleet.cli import main
+
+main()
