@@ -37,7 +37,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 RUN groupadd --system --gid 10001 labelfleet \
     && useradd --system --uid 10001 --gid 10001 --home-dir /home/labelfleet --create-home --shell /usr/sbin/nologin labelfleet \
-    && install -d -o 10001 -g 10001 /app
+    && install -d -o 10001 -g 10001 /app /home/labelfleet/.fiftyone
 
 COPY --from=builder /opt/venv /opt/venv
 COPY --chown=root:root alembic.ini /app/alembic.ini

@@ -40,7 +40,7 @@ def pg_admin_engine() -> Iterator[object]:
     try:
         with engine.connect() as c:
             c.execute(text("select 1"))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         service_missing("PostgreSQL at " + PG_ADMIN_URL, exc)
     yield engine
     engine.dispose()

@@ -36,5 +36,5 @@ def test_require_head_names_the_fix(sqlite_url: str) -> None:
     from labelfleet.errors import ConfigError
 
     engine = make_engine(sqlite_url)
-    with pytest.raises(ConfigError, match="database is at revision none, code needs .*labelfleet db upgrade"):
+    with pytest.raises(ConfigError, match=r"database is at revision none, code needs .*labelfleet db upgrade"):
         migrate.require_head(engine)

@@ -26,7 +26,7 @@ def factory(db_url: str):  # type: ignore[no-untyped-def]
 
 def _job(factory, n: int = 10):  # type: ignore[no-untyped-def]
     with factory() as s:
-        job, created = repo.get_or_create_job(s, "j", "/src", {"a": 1}, {})
+        job, _ = repo.get_or_create_job(s, "j", "/src", {"a": 1}, {})
         s.commit()
         repo.add_items(s, job, (ImageRef("/src", f"k{i:03d}.jpg", 10) for i in range(n)), batch_size=3)
         return job.id

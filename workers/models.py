@@ -20,8 +20,9 @@ from typing import Any
 from labelfleet.errors import ChecksumError, ConfigError, ModelUnavailableError
 from labelfleet.models.catalog import ModelFile, ModelSpec, Preset, get_model
 from labelfleet.models.download import ProgressFn, download, missing_message, sha256_file, verify
+from labelfleet.pipeline_config import PipelineConfig
 from labelfleet.settings import Settings, resolve_device
-from workers.pipeline import Pipeline, PipelineConfig
+from workers.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 #: Called as progress_factory(filename, total_bytes) -> ProgressFn, for download progress bars.
@@ -150,8 +151,8 @@ def build_stages(preset: Preset, settings: Settings, *, automatic: bool, config:
     kw = {"allow_download": allow_download, "progress": progress}
     det = resolve_model(preset.detector, "detector", settings, checkpoint=ck.get("detector"), **kw)  # type: ignore[arg-type]
     seg = resolve_model(preset.segmenter, "segmenter", settings, checkpoint=ck.get("segmenter"), **kw)  # type: ignore[arg-type]
-    detector = build_detector(det.key, checkpoint=det.files["checkpoint"], text_encoder_dir=det.files["text_encoder_dir"],
-                              device=device, box_threshold=config.box_threshold,
+    detector = build_detector(det.key, checkpoint=det.files["checkpoint"],
+                              text_encoder_dir=det.files["text_encoder_dir"], device=device, box_threshold=config.box_threshold,
                               text_threshold=config.text_threshold, nms_iou=config.nms_iou,
                               batch_size=settings.batch_size)
     segmenter = build_segmenter(seg.key, checkpoint=seg.files["checkpoint"], device=device)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from labelfleet.captions import normalize_class
+from labelfleet.pipeline_config import PipelineConfig
 from labelfleet.stages import Detector, Segmenter, Tagger
 from labelfleet.types import Detections, RGBImage, Tag, clip_xyxy
 
@@ -25,33 +25,6 @@ logger = logging.getLogger(__name__)
 #: zero-padded (bottom/right) before the models see them; labels are clipped back.
 MIN_SIDE = 32
 MAX_ASPECT = 32
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """What to look for. ``classes=None`` means automatic mode (tags from the tagger)."""
-
-    classes: tuple[str, ...] | None = None
-    extra_classes: tuple[str, ...] = ()
-    exclude_tags: tuple[str, ...] = ()
-    max_tags: int | None = None
-    tag_threshold: float | None = None
-    box_threshold: float = 0.25
-    text_threshold: float = 0.2
-    nms_iou: float = 0.5
-    segment: bool = True
-
-    @property
-    def automatic(self) -> bool:
-        return self.classes is None
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PipelineConfig:
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**kw)
 
 
 @dataclass

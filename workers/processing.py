@@ -103,7 +103,7 @@ class ItemProcessor:
         for row, fut in futures:
             try:
                 decoded, t_read = fut.result()
-            except Exception as exc:  # noqa: BLE001 - every item gets a recorded outcome
+            except Exception as exc:
                 self._record_error(row, exc, stats)
                 continue
             batch.append((row, decoded, t_read))

@@ -28,7 +28,8 @@ from labelfleet.settings import Settings
 console = Console()
 console_err = Console(stderr=True)
 
-DB_HELP = "Database URL: sqlite:///file.db (default sqlite:///labelfleet.db) or postgresql://user@host/db [env LABELFLEET_DB_URL]"
+DB_HELP = ("Database URL: sqlite:///file.db (default sqlite:///labelfleet.db) or postgresql://user@host/db "
+           "[env LABELFLEET_DB_URL]")
 DbOpt = typer.Option(None, "--db", help=DB_HELP, show_default=False)
 
 

@@ -8,7 +8,15 @@ from typing import Any
 
 import typer
 
-from labelfleet.cli.common import DbOpt, console, console_err, engine_for, image_progress, make_settings, split_csv
+from labelfleet.cli.common import (
+    DbOpt,
+    console,
+    console_err,
+    engine_for,
+    image_progress,
+    make_settings,
+    split_csv,
+)
 from labelfleet.errors import ConfigError
 from labelfleet.models.catalog import RANDOM_WEIGHTS_WARNING, Preset, get_preset
 
@@ -65,8 +73,8 @@ def label(
     Creates the job, or continues it: images already done are skipped, and
     Ctrl-C leaves the job consistent so the same command resumes it.
     """
+    from labelfleet.pipeline_config import PipelineConfig
     from labelfleet.storage import open_source
-    from workers.pipeline import PipelineConfig
 
     settings = make_settings(db_url=db, models=models, device=device, box_threshold=box_threshold,
                              text_threshold=text_threshold, nms_iou=nms_iou, batch_size=batch_size,
@@ -239,5 +247,5 @@ def segment(
     labels = np.array([lab for _, _, lab in pts], np.int64) if pts else None
     mask = seg.segment_prompts(arr, box=np.array(bx, np.float32) if bx else None, points=points,
                                point_labels=labels)
-    Image.fromarray((mask.astype(np.uint8) * 255)).save(out)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(out)
     console.print(f"mask of {int(mask.sum())} pixels -> {out}")

@@ -117,6 +117,14 @@ class ItemTag(Base):
     score: Mapped[float] = mapped_column(Float)
 
 
+class ReviewStatus(enum.StrEnum):
+    """A reviewer's verdict on one detection (tags ``accept`` / ``reject`` in the FiftyOne App)."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    EDITED = "edited"  # box or class changed by the reviewer (implies accepted)
+
+
 class Detection(Base):
     __tablename__ = "detections"
     __table_args__ = (UniqueConstraint("item_id", "idx"),)
@@ -134,3 +142,7 @@ class Detection(Base):
     tag: Mapped[str | None] = mapped_column(String(200))
     mask: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     area: Mapped[int | None] = mapped_column(Integer)
+    #: Human review (``labelfleet review --sync``): None = unreviewed, else one of :class:`ReviewStatus`.
+    review_status: Mapped[str | None] = mapped_column(String(16))
+    reviewed_by: Mapped[str | None] = mapped_column(String(200))
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -29,6 +29,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def rowcount(result: Any) -> int:
+    """Rows matched by an UPDATE/DELETE result (0 when the driver cannot tell)."""
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def get_job(session: Session, name: str) -> Job:
     """The job called ``name``; :class:`ConfigError` listing known jobs if absent."""
     job = session.scalar(select(Job).where(Job.name == name))
@@ -149,7 +154,7 @@ def finish_item(session: Session, item_id: int, owner: str, labels: LabelRows, *
         .values(status=ItemStatus.DONE, error=None, lease_owner=None, lease_expires_at=None,
                 finished_at=utcnow(), **facts)
     )
-    if session.execute(stmt).rowcount != 1:
+    if rowcount(session.execute(stmt)) != 1:
         session.rollback()
         logger.warning("item %s: lease lost before its labels were written; another worker owns it", item_id)
         return False
@@ -171,8 +176,10 @@ def end_item(session: Session, item_id: int, owner: str, status: ItemStatus, err
                               "lease_expires_at": None, **(facts or {})}
     if status in FINAL_STATUSES:
         values["finished_at"] = utcnow()
+    else:  # back to pending: the sweeper enqueues it again
+        values["enqueued_at"] = None
     stmt = update(Item).where(Item.id == item_id, Item.lease_owner == owner).values(**values)
-    ok = session.execute(stmt).rowcount == 1
+    ok = rowcount(session.execute(stmt)) == 1
     session.commit()
     return ok
 
@@ -188,7 +195,7 @@ def release_items(session: Session, item_ids: Sequence[int], owner: str) -> int:
                 attempts=func.max(Item.attempts - 1, 0) if session.get_bind().dialect.name == "sqlite"
                 else func.greatest(Item.attempts - 1, 0))
     )
-    n = session.execute(stmt).rowcount or 0
+    n = rowcount(session.execute(stmt))
     session.commit()
     return n
 

@@ -47,7 +47,7 @@ def _open(url: str, offset: int, timeout: float) -> tuple[object, int]:
     req = urllib.request.Request(url, headers={"User-Agent": "labelfleet"})
     if offset:
         req.add_header("Range", f"bytes={offset}-")
-    resp = urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - fixed https URLs from the catalog
+    resp = urllib.request.urlopen(req, timeout=timeout)
     status = getattr(resp, "status", 200)
     return resp, (offset if status == 206 else 0)
 

@@ -1,0 +1,111 @@
+"""S3 (or MinIO / any S3-compatible store) as a :class:`~labelfleet.storage.base.Source`.
+
+boto3 is imported lazily, so the core stays importable without it. Keys are
+relative to the prefix (``s3://bucket/photos/`` + ``a/b.jpg``). Listing is
+paginated and streamed (never all keys in memory) in S3's lexicographic key
+order, so ``start_after`` resumes an interrupted listing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from labelfleet.errors import ConfigError, ItemSkipped, PermanentError, StorageError
+from labelfleet.images import is_image_key
+from labelfleet.storage.base import KeyFilter
+from labelfleet.types import ImageRef
+
+logger = logging.getLogger(__name__)
+_MISSING = {"NoSuchKey", "404", "NotFound"}
+_DENIED = {"AccessDenied", "403", "AllAccessDisabled", "InvalidObjectState"}
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix/")`` (prefix empty or ending in ``/``)."""
+    if not uri.startswith("s3://"):
+        raise ConfigError(f"not an S3 URI: {uri!r} (expected s3://bucket/prefix)")
+    bucket, _, prefix = uri[5:].partition("/")
+    if not bucket:
+        raise ConfigError(f"S3 URI {uri!r} has no bucket name")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return bucket, prefix
+
+
+class S3Source:
+    """Images under ``s3://bucket/prefix`` (default AWS credential chain; ``endpoint_url`` for MinIO)."""
+
+    def __init__(self, uri: str, *, endpoint_url: str | None = None, key_filter: KeyFilter | None = None,
+                 client: Any = None) -> None:
+        self.bucket, self.prefix = parse_s3_uri(uri)
+        self.uri = f"s3://{self.bucket}/{self.prefix}"
+        self.key_filter = key_filter or KeyFilter()
+        self._client = client
+        self.endpoint_url = endpoint_url
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            cfg = Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=10, read_timeout=60)
+            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, config=cfg)
+        return self._client
+
+    def list(self, start_after: str | None = None) -> Iterator[ImageRef]:
+        """Yield image refs page by page in key order, after ``start_after`` (a relative key)."""
+        kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix}
+        if start_after:
+            kw["StartAfter"] = self.prefix + start_after
+        pages = self.client.get_paginator("list_objects_v2").paginate(**kw)
+        try:
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    key = obj["Key"][len(self.prefix):]
+                    if key and not key.endswith("/") and is_image_key(key) and self.key_filter(key):
+                        yield ImageRef(self.uri, key, int(obj.get("Size", 0)), str(obj.get("ETag", "")).strip('"'))
+        except Exception as exc:
+            _reraise(exc, f"listing {self.uri}")
+
+    def read(self, key: str) -> bytes:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
+            return bytes(resp["Body"].read())
+        except Exception as exc:
+            _reraise(exc, f"s3://{self.bucket}/{self.prefix}{key}")
+            raise  # unreachable: _reraise always raises
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+
+def _reraise(exc: Exception, what: str) -> None:
+    err = _translate(exc, what)
+    if err is exc:
+        raise exc
+    raise err from exc
+
+
+def _translate(exc: Exception, what: str) -> Exception:
+    """Map botocore errors to skipped / permanent / retryable labelfleet errors."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in _MISSING:
+            return ItemSkipped(f"object no longer exists: {what} ({code})")
+        if code in _DENIED:
+            return PermanentError(f"access denied: {what} ({code})")
+        if code == "NoSuchBucket":
+            return ConfigError(f"bucket does not exist: {what}")
+        if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout", "ThrottlingException"):
+            return StorageError(f"S3 temporarily failed on {what}: {code}")
+        return PermanentError(f"S3 error on {what}: {code}: {exc}")
+    if isinstance(exc, BotoCoreError):
+        return StorageError(f"cannot reach S3 for {what}: {exc}")
+    return exc

@@ -1,0 +1,24 @@
+"""Celery task names and queue names shared by the orchestrator (producer) and the workers.
+
+The orchestrator enqueues by name with ``send_task`` and never imports
+``workers``. Payloads are JSON with IDs only.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+
+class TaskName(enum.StrEnum):
+    #: kwargs: ``job_id: int``, ``item_ids: list[int]``
+    PROCESS_CHUNK = "labelfleet.process_chunk"
+
+
+QUEUE_PREFIX = "lf."
+
+
+def queue_for(preset: str) -> str:
+    """The queue of a model configuration: workers that loaded preset P consume ``lf.P``."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", preset)
+    return f"{QUEUE_PREFIX}{safe}"

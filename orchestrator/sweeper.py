@@ -1,0 +1,88 @@
+"""The sweeper: return expired leases, re-enqueue lost messages, finish jobs.
+
+Safe to run any number of times, from any number of processes: every change
+is a conditional UPDATE. Redis here keeps nothing on disk, so after a broker
+restart every queued message is gone; the sweeper notices pending items whose
+queue is empty and enqueues them again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from labelfleet.db.models import Item, ItemStatus, Job, JobState
+from labelfleet.db.queries import derive_state, status_counts
+from labelfleet.db.repository import rowcount, utcnow
+from orchestrator.broker import queue_depth
+from orchestrator.dispatch import enqueue_pending
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepReport:
+    expired: int = 0
+    poisoned: int = 0
+    requeued: int = 0
+    finished: list[str] = field(default_factory=list)
+
+
+def expire_leases(session: Session, job_id: int, max_attempts: int) -> tuple[int, int]:
+    """Running items whose lease expired: back to pending, or poison after ``max_attempts``."""
+    now = utcnow()
+    expired = (Item.job_id == job_id) & (Item.status == ItemStatus.RUNNING) & (Item.lease_expires_at < now)
+    poison = rowcount(session.execute(update(Item).where(expired, Item.attempts >= max_attempts).values(
+        status=ItemStatus.POISON, lease_owner=None, lease_expires_at=None, finished_at=now,
+        error=f"lease expired {max_attempts} times: the worker died or exceeded the time limit")))
+    back = rowcount(session.execute(update(Item).where(expired).values(
+        status=ItemStatus.PENDING, lease_owner=None, lease_expires_at=None, enqueued_at=None,
+        error="lease expired (worker lost); requeued")))
+    session.commit()
+    return back, poison
+
+
+def sweep(factory: sessionmaker[Session], broker_url: str, *, max_attempts: int, chunk_size: int,
+          requeue_after_s: float = 60.0, stale_after_s: float = 3600.0) -> SweepReport:
+    """One pass over every unfinished job."""
+    report = SweepReport()
+    with factory() as s:
+        jobs = s.execute(select(Job.id, Job.name, Job.queue).where(
+            Job.state.notin_([JobState.DONE, JobState.CANCELLED]))).all()
+    for job_id, name, queue in jobs:
+        with factory() as s:
+            back, poison = expire_leases(s, job_id, max_attempts)
+        report.expired += back
+        report.poisoned += poison
+        if queue:
+            depth = queue_depth(broker_url, queue)
+            older = requeue_after_s if depth == 0 else stale_after_s
+            report.requeued += enqueue_pending(factory, job_id, broker_url, chunk_size=chunk_size,
+                                               older_than_s=older)
+        with factory() as s:
+            job = s.get(Job, job_id)
+            if job is not None and derive_state(job, status_counts(s, job_id)) == JobState.DONE:
+                job.state = JobState.DONE
+                job.finished_at = utcnow()
+                s.commit()
+                report.finished.append(name)
+    if report.expired or report.poisoned or report.requeued or report.finished:
+        logger.info("sweep: %s", report)
+    return report
+
+
+def sweep_forever(run_once: Callable[[], Any], every_s: float, should_stop: Callable[[], bool] = lambda: False
+                  ) -> None:
+    """Call ``run_once`` every ``every_s`` seconds; errors are logged, never fatal (DB or broker restarts)."""
+    while not should_stop():
+        try:
+            run_once()
+        except Exception:
+            logger.exception("sweep failed; trying again in %.0fs", every_s)
+        time.sleep(every_s)

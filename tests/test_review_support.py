@@ -1,0 +1,93 @@
+"""Shared helpers for the review tests (no tests here): FiftyOne env and synthetic jobs.
+
+FiftyOne reads its config at import time, so the database dir is set when this
+module is imported, before any test imports :mod:`fiftyone`. One bundled mongod
+then serves the whole session (and the ``labelfleet review`` subprocesses, which
+inherit the env); every test uses a unique job name so datasets never collide.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="lf-fo-db-"))
+os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+
+from labelfleet.db import migrate  # noqa: E402
+from labelfleet.db import repository as repo  # noqa: E402
+from labelfleet.db.engine import make_engine, session_factory  # noqa: E402
+from labelfleet.masks import encode_rle  # noqa: E402
+from labelfleet.storage import open_source  # noqa: E402
+from tests.imagegen import scene  # noqa: E402
+
+W, H = 64, 48
+CLASSES = ("cat", "dog", "person")
+
+
+def unique_job(prefix: str = "rv") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def awkward_boxes(w: int = W, h: int = H) -> list[tuple[float, float, float, float]]:
+    """Pixel xyxy boxes that stress the converter: fractional, touching every edge, 1 px, full frame."""
+    return [(0.0, 0.0, float(w), float(h)), (10.3, 5.7, 30.2, 20.9), (0.0, 0.0, 1.0, 1.0),
+            (w - 1.0, h - 1.0, float(w), float(h)), (20.5, 10.5, 21.5, 11.5), (7.49, 3.51, 8.2, 40.0),
+            (0.0, 12.25, float(w), 13.0), (33.6, 0.0, 33.9, float(h))]
+
+
+def mask_in_box(xyxy: tuple[float, float, float, float], w: int = W, h: int = H,
+                seed: int = 0) -> np.ndarray:
+    """A random (H, W) bool mask whose pixels all lie in the rounded box (so a crop keeps all of it)."""
+    from orchestrator.review.convert import pixel_span
+
+    x_lo, x_hi = pixel_span(xyxy[0], xyxy[2], w)
+    y_lo, y_hi = pixel_span(xyxy[1], xyxy[3], h)
+    m = np.zeros((h, w), dtype=bool)
+    m[y_lo:y_hi, x_lo:x_hi] = np.random.default_rng(seed).random((y_hi - y_lo, x_hi - x_lo)) > 0.4
+    m[y_lo, x_lo] = True
+    return m
+
+
+def det_row(xyxy: tuple[float, float, float, float], cls: str, score: float, seed: int) -> dict[str, Any]:
+    m = mask_in_box(xyxy, seed=seed)
+    return {"x0": xyxy[0], "y0": xyxy[1], "x1": xyxy[2], "y1": xyxy[3], "score": score, "class_name": cls,
+            "phrase": cls, "tag": None, "mask": encode_rle(m), "area": int(m.sum())}
+
+
+def make_job(db_url: str, folder: Path, *, images: int = 4, dets_per_image: int | None = None,
+             random_weights: bool = False, name: str | None = None) -> str:
+    """A done job built through the repository: ``images`` W x H PNGs, awkward boxes with masks.
+
+    ``dets_per_image`` None = every awkward box; otherwise that many boxes cycled from them.
+    Returns the job name.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(images):
+        scene(i, W, H).save(folder / f"img_{i:04d}.png")
+    name = name or unique_job()
+    engine = make_engine(db_url)
+    migrate.upgrade(engine)
+    factory = session_factory(engine)
+    src = open_source(str(folder))
+    boxes = awkward_boxes()
+    n = len(boxes) if dets_per_image is None else dets_per_image
+    with factory() as s:
+        job, _ = repo.get_or_create_job(s, name, src.uri, {"classes": list(CLASSES)},
+                                        {"preset": "synthetic", "random_weights": random_weights})
+        s.commit()
+        repo.add_items(s, job, src.list())
+        ids = repo.claim_items(s, job.id, "test", limit=images, lease_seconds=600)
+        for k, item_id in enumerate(ids):
+            rows = [det_row(boxes[j % len(boxes)], CLASSES[(k + j) % len(CLASSES)], 0.1 + 0.8 * (j % 10) / 10,
+                            seed=k * 1000 + j) for j in range(n)]
+            labels = repo.LabelRows(tags=[("animal", 0.9), ("indoor", 0.3)], detections=rows)
+            assert repo.finish_item(s, item_id, "test", labels, facts={"width": W, "height": H})
+    engine.dispose()
+    return name
