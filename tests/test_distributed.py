@@ -252,9 +252,9 @@ def test_listing_over_1000_keys_resumes_and_is_idempotent(cluster_factory: Any, 
 
 
 def test_kill_9_worker_mid_job(cluster_factory: Any, s3_endpoint: str, redis_server: RedisServer) -> None:
-    _bucket(s3_endpoint, "k9", [f"{i:03d}.jpg" for i in range(60)])
-    c = cluster_factory(redis_server.url, lease=8)
-    c.cli("submit", "s3://k9", "--job", "k9", "--classes", "cat,dog", "--no-masks")
+    _bucket(s3_endpoint, "kill-nine", [f"{i:03d}.jpg" for i in range(60)])
+    c = cluster_factory(redis_server.url, lease=10)
+    c.cli("submit", "s3://kill-nine", "--job", "k9", "--classes", "cat,dog", "--no-masks")
     victim = c.worker("victim")
     c.worker("survivor")
     c.sweeper()
@@ -267,9 +267,9 @@ def test_kill_9_worker_mid_job(cluster_factory: Any, s3_endpoint: str, redis_ser
 
 def test_redis_restart_loses_queue_job_still_finishes(cluster_factory: Any, s3_endpoint: str,
                                                       redis_server: RedisServer) -> None:
-    _bucket(s3_endpoint, "rr", [f"{i:03d}.jpg" for i in range(60)])
-    c = cluster_factory(redis_server.url, lease=8)
-    c.cli("submit", "s3://rr", "--job", "rr", "--classes", "cat,dog", "--no-masks")
+    _bucket(s3_endpoint, "redis-restart", [f"{i:03d}.jpg" for i in range(60)])
+    c = cluster_factory(redis_server.url, lease=10)
+    c.cli("submit", "s3://redis-restart", "--job", "rr", "--classes", "cat,dog", "--no-masks")
     c.worker("w1")
     c.sweeper()
     c.wait_progress("rr", 5)
@@ -284,9 +284,9 @@ def test_redis_restart_loses_queue_job_still_finishes(cluster_factory: Any, s3_e
 def test_postgres_restart_mid_job(cluster_factory: Any, s3_endpoint: str, redis_server: RedisServer) -> None:
     if not CI and os.environ.get("LABELFLEET_TEST_RESTART_PG") != "1":
         pytest.skip("restarts the machine's PostgreSQL: runs in CI or with LABELFLEET_TEST_RESTART_PG=1")
-    _bucket(s3_endpoint, "pg", [f"{i:03d}.jpg" for i in range(60)])
-    c = cluster_factory(redis_server.url, lease=8)
-    c.cli("submit", "s3://pg", "--job", "pg", "--classes", "cat,dog", "--no-masks")
+    _bucket(s3_endpoint, "pg-restart", [f"{i:03d}.jpg" for i in range(60)])
+    c = cluster_factory(redis_server.url, lease=10)
+    c.cli("submit", "s3://pg-restart", "--job", "pg", "--classes", "cat,dog", "--no-masks")
     c.worker("w1")
     c.sweeper()
     c.wait_progress("pg", 5)
@@ -299,9 +299,9 @@ def test_postgres_restart_mid_job(cluster_factory: Any, s3_endpoint: str, redis_
 
 
 def test_cancel_then_resume(cluster_factory: Any, s3_endpoint: str, redis_server: RedisServer) -> None:
-    _bucket(s3_endpoint, "cr", [f"{i:03d}.jpg" for i in range(40)])
+    _bucket(s3_endpoint, "cancel-resume", [f"{i:03d}.jpg" for i in range(40)])
     c = cluster_factory(redis_server.url)
-    c.cli("submit", "s3://cr", "--job", "cr", "--classes", "cat", "--no-masks")
+    c.cli("submit", "s3://cancel-resume", "--job", "cr", "--classes", "cat", "--no-masks")
     c.cli("cancel", "cr")
     c.worker("w1")
     time.sleep(8)  # the worker drains the queue, dropping the cancelled job's chunks

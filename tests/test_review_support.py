@@ -20,12 +20,12 @@ os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="lf-fo-db-"))
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 
-from labelfleet.db import migrate  # noqa: E402
-from labelfleet.db import repository as repo  # noqa: E402
-from labelfleet.db.engine import make_engine, session_factory  # noqa: E402
-from labelfleet.masks import encode_rle  # noqa: E402
-from labelfleet.storage import open_source  # noqa: E402
-from tests.imagegen import scene  # noqa: E402
+from labelfleet.db import migrate
+from labelfleet.db import repository as repo
+from labelfleet.db.engine import make_engine, session_factory
+from labelfleet.masks import encode_rle
+from labelfleet.storage import open_source
+from tests.imagegen import scene
 
 W, H = 64, 48
 CLASSES = ("cat", "dog", "person")
@@ -43,26 +43,36 @@ def awkward_boxes(w: int = W, h: int = H) -> list[tuple[float, float, float, flo
 
 
 def mask_in_box(xyxy: tuple[float, float, float, float], w: int = W, h: int = H,
-                seed: int = 0) -> np.ndarray:
-    """A random (H, W) bool mask whose pixels all lie in the rounded box (so a crop keeps all of it)."""
+                seed: int = 0, noisy: bool = True) -> np.ndarray:
+    """An (H, W) bool mask whose pixels all lie in the rounded box (so a crop keeps all of it).
+
+    ``noisy``: random pixels (a stress test); otherwise a filled ellipse, like a SAM blob.
+    """
     from orchestrator.review.convert import pixel_span
 
     x_lo, x_hi = pixel_span(xyxy[0], xyxy[2], w)
     y_lo, y_hi = pixel_span(xyxy[1], xyxy[3], h)
     m = np.zeros((h, w), dtype=bool)
-    m[y_lo:y_hi, x_lo:x_hi] = np.random.default_rng(seed).random((y_hi - y_lo, x_hi - x_lo)) > 0.4
+    bh, bw = y_hi - y_lo, x_hi - x_lo
+    if noisy:
+        m[y_lo:y_hi, x_lo:x_hi] = np.random.default_rng(seed).random((bh, bw)) > 0.4
+    else:
+        yy, xx = np.mgrid[0:bh, 0:bw]
+        ry, rx = (yy + 0.5 - bh / 2) / (bh / 2), (xx + 0.5 - bw / 2) / (bw / 2)
+        m[y_lo:y_hi, x_lo:x_hi] = ry**2 + rx**2 <= 1
     m[y_lo, x_lo] = True
     return m
 
 
-def det_row(xyxy: tuple[float, float, float, float], cls: str, score: float, seed: int) -> dict[str, Any]:
-    m = mask_in_box(xyxy, seed=seed)
+def det_row(xyxy: tuple[float, float, float, float], cls: str, score: float, seed: int,
+            noisy: bool = True) -> dict[str, Any]:
+    m = mask_in_box(xyxy, seed=seed, noisy=noisy)
     return {"x0": xyxy[0], "y0": xyxy[1], "x1": xyxy[2], "y1": xyxy[3], "score": score, "class_name": cls,
             "phrase": cls, "tag": None, "mask": encode_rle(m), "area": int(m.sum())}
 
 
 def make_job(db_url: str, folder: Path, *, images: int = 4, dets_per_image: int | None = None,
-             random_weights: bool = False, name: str | None = None) -> str:
+             random_weights: bool = False, name: str | None = None, noisy_masks: bool = True) -> str:
     """A done job built through the repository: ``images`` W x H PNGs, awkward boxes with masks.
 
     ``dets_per_image`` None = every awkward box; otherwise that many boxes cycled from them.
@@ -86,7 +96,7 @@ def make_job(db_url: str, folder: Path, *, images: int = 4, dets_per_image: int 
         ids = repo.claim_items(s, job.id, "test", limit=images, lease_seconds=600)
         for k, item_id in enumerate(ids):
             rows = [det_row(boxes[j % len(boxes)], CLASSES[(k + j) % len(CLASSES)], 0.1 + 0.8 * (j % 10) / 10,
-                            seed=k * 1000 + j) for j in range(n)]
+                            seed=k * 1000 + j, noisy=noisy_masks) for j in range(n)]
             labels = repo.LabelRows(tags=[("animal", 0.9), ("indoor", 0.3)], detections=rows)
             assert repo.finish_item(s, item_id, "test", labels, facts={"width": W, "height": H})
     engine.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
@@ -25,7 +26,7 @@ def _rows(db_url: str) -> dict[int, Detection]:
     return rows
 
 
-def _build(db_url: str, job: str, tmp_path: Path):  # noqa: ANN202 - returns fo.Dataset
+def _build(db_url: str, job: str, tmp_path: Path) -> Any:  # an fo.Dataset
     from orchestrator.review.dataset import sync_to_fiftyone
 
     engine = make_engine(db_url)
@@ -105,7 +106,8 @@ def test_reject_sync_then_export_leaves_them_out(tmp_path: Path, db_url: str) ->
     _cli("export", job, "--db", db_url, "--format", "coco", "--out", str(tmp_path / "coco"))
     coco = json.loads((tmp_path / "coco" / "labels.json").read_text())
     assert len(coco["annotations"]) == len(rows) - 3
-    _cli("export", job, "--db", db_url, "--format", "coco", "--out", str(tmp_path / "all"), "--include-rejected")
+    _cli("export", job, "--db", db_url, "--format", "coco", "--out", str(tmp_path / "all"),
+         "--include-rejected")
     assert len(json.loads((tmp_path / "all" / "labels.json").read_text())["annotations"]) == len(rows)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from pydantic import ValidationError
 
 from labelfleet.cli import common, job_cmds, label_cmds, model_cmds
 from labelfleet.errors import LabelfleetError
@@ -42,6 +43,12 @@ def main() -> None:
         app()
     except LabelfleetError as exc:
         common.console_err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        sys.exit(2)
+    except ValidationError as exc:  # a LABELFLEET_* env var or flag with a bad value
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            common.console_err.print(f"[bold red]error:[/] setting {where} (env LABELFLEET_{where.upper()}): "
+                                     f"{err['msg']}, got {err.get('input')!r}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         common.console_err.print("interrupted")

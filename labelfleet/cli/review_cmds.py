@@ -85,7 +85,8 @@ def review(
                 ds = sync_to_fiftyone(s, lf_job, media_root=_media_root(settings, media_dir))
             job_id = lf_job.id
         serve(ds, address=address, port=port, on_ready=lambda url: console.print(
-            f"FiftyOne App: {url}  ({len(ds)} samples; Ctrl-C to stop and save the review)", highlight=False))
+            f"FiftyOne App: {url}  ({len(ds)} samples; Ctrl-C to stop and save the review)",
+            highlight=False, soft_wrap=True))
         with factory() as s:
             _print_sync(sync_back(s, job_id, ds, reviewer=who))
     finally:

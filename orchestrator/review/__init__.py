@@ -25,6 +25,7 @@ DATASET_PREFIX = "labelfleet-"
 def import_fiftyone() -> ModuleType:
     """``import fiftyone`` with usage tracking off (first call starts nothing; datasets start mongod)."""
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")  # bundled MongoDB 6 warning is harmless
     import fiftyone
 
     return fiftyone

@@ -26,9 +26,17 @@ def _sigterm_as_interrupt(_sig: int, _frame: FrameType | None) -> None:
 
 def serve(dataset: Any, *, address: str, port: int, on_ready: Callable[[str], None]) -> None:
     """Serve the App on ``address:port`` (no browser is opened), call ``on_ready(url)``, block until
-    Ctrl-C or SIGTERM, then close the App. KeyboardInterrupt is swallowed here."""
+    Ctrl-C or SIGTERM, then close the App. KeyboardInterrupt is swallowed here.
+
+    SIGINT is handled even when the parent started us with it ignored (``cmd &`` in a script).
+    """
     fo = import_fiftyone()
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    session_log = logging.getLogger("fiftyone.core.session")
+    if not logger.isEnabledFor(logging.INFO):  # FiftyOne's ssh / banner text, unless -v
+        session_log.setLevel(logging.WARNING)
     session = None
     try:
         session = fo.launch_app(dataset, address=address, port=port, auto=False, remote=True)
@@ -38,7 +46,8 @@ def serve(dataset: Any, *, address: str, port: int, on_ready: Callable[[str], No
     except KeyboardInterrupt:
         logger.info("App stopped by the user")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if session is not None:
             try:
                 fo.close_app()

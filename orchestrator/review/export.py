@@ -26,16 +26,18 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from labelfleet.db.models import Item, Job
-from labelfleet.masks import decode_rle
+from labelfleet.masks import decode_rle, rle_area
 from labelfleet.storage import open_source
 from orchestrator.review import import_fiftyone
-from orchestrator.review.convert import to_fo_detection
+from orchestrator.review.convert import LF_ID, to_fo_detection
 from orchestrator.review.dataset import detection_rows, done_items, frame_size, job_info
 from orchestrator.review.media import MediaCache, safe_name
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("coco", "yolo", "masks", "fiftyone")
+#: Polygon simplification of COCO segmentations, in pixels (FiftyOne's default is 2).
+COCO_POLYGON_TOLERANCE_PX = 1
 
 
 def _fo_types() -> dict[str, Any]:
@@ -84,9 +86,36 @@ def _export_fo(job: Job, items: list[Item], rows: dict[int, list[dict[str, Any]]
             kwargs["classes"] = classes
         if fmt == "yolo":
             kwargs["split"] = "val"
+        if fmt == "coco":
+            kwargs["tolerance"] = COCO_POLYGON_TOLERANCE_PX
         ds.export(**kwargs)
     finally:
         ds.delete()
+    if fmt == "coco":
+        fix_coco_segmentations(out / "labels.json", rows)
+
+
+def fix_coco_segmentations(labels_path: Path, rows: dict[int, list[dict[str, Any]]]) -> int:
+    """Complete FiftyOne's COCO ``labels.json`` from the database masks; returns how many were filled.
+
+    FiftyOne writes polygons, which drop masks too thin for one (1-px boxes, lines): those get
+    the exact RLE (``{"size": [H, W], "counts": str}``, which pycocotools and FiftyOne read for
+    ``iscrowd=0`` too). ``area`` becomes the mask's pixel count instead of the box area.
+    """
+    by_id = {r["id"]: r for v in rows.values() for r in v}
+    data = json.loads(labels_path.read_text())
+    filled = 0
+    for ann in data.get("annotations", []):
+        row = by_id.get(ann.get(LF_ID))
+        if row is None or not row.get("mask"):
+            continue
+        if not ann.get("segmentation"):
+            ann["segmentation"] = row["mask"]
+            filled += 1
+        ann["area"] = float(rle_area(row["mask"]))
+    labels_path.write_text(json.dumps(data))
+    logger.debug("COCO export: %d masks too small for polygons stored as RLE", filled)
+    return filled
 
 
 def export_masks(items: list[Item], rows: dict[int, list[dict[str, Any]]], out: Path) -> None:
