@@ -61,8 +61,8 @@ def sweep(factory: sessionmaker[Session], broker_url: str, *, max_attempts: int,
         report.expired += back
         report.poisoned += poison
         if queue:
-            depth = queue_depth(broker_url, queue)
-            older = requeue_after_s if depth == 0 else stale_after_s
+            depth = queue_depth(broker_url, queue)  # None: the queue itself is gone (broker restarted)
+            older = requeue_after_s if not depth else stale_after_s
             report.requeued += enqueue_pending(factory, job_id, broker_url, chunk_size=chunk_size,
                                                older_than_s=older)
         with factory() as s:

@@ -36,7 +36,7 @@ def service_missing(what: str, exc: BaseException) -> None:
 def pg_admin_engine() -> Iterator[object]:
     from sqlalchemy import create_engine, text
 
-    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     try:
         with engine.connect() as c:
             c.execute(text("select 1"))

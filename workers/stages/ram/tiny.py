@@ -1,7 +1,7 @@
 """Tiny random-weight RAM / RAM++ files for tests and the ``tiny-random`` preset.
 
 Random weights give nearly the same score to every tag (``shared/specs/ram.md`` section 9), so a few tensors are
-rescaled (see :data:`WEIGHT_SCALES`) and ``fc.bias`` is then calibrated on generated probe images so that a few
+rescaled (see :data:`WEIGHT_SCALES`), ``fc`` is decorrelated from image-wide and tag-wide shifts and its bias calibrated on generated probe images so that a few
 tags pass their thresholds per image and the tag sets differ between images.
 """
 
@@ -34,11 +34,10 @@ TINY_TAGS: tuple[tuple[str, str], ...] = (
 )  # fmt: skip
 #: Per-class thresholds of generated lists, cycled (the official list is mostly 0.65).
 TINY_THRESHOLD_CYCLE = (0.65, 0.65, 0.7, 0.6, 0.65, 0.75, 0.5, 0.65)
-#: Multipliers applied to random init (ram.md section 9, plus ``image_proj`` x4 so that scores depend on the image).
+#: Multipliers applied to random init (after ram.md section 9, with sharper cross-attention for the tiny head).
 WEIGHT_SCALES = {
-    "image_proj.weight": 4.0,
-    "crossattention.self.query.weight": 8.0,
-    "crossattention.self.key.weight": 8.0,
+    "crossattention.self.query.weight": 20.0,
+    "crossattention.self.key.weight": 20.0,
     "crossattention.output.dense.weight": 0.5,
     "fc.weight": 2.5,
 }
@@ -46,6 +45,9 @@ WORDVEC_SCALE = {False: 12.0, True: 30.0}  # keyed by RamConfig.plus
 REWEIGHT_SCALE = math.log(50.0)
 #: Fraction of (probe image, tag) pairs that pass after calibration.
 TARGET_POSITIVE_RATE = 0.15
+#: Directions of image-wide / tag-wide score shifts removed from ``fc.weight`` (see :func:`decorrelate_fc`).
+NUM_IMAGE_DIRECTIONS = 4
+NUM_TAG_DIRECTIONS = 8
 
 
 def _pattern_image(i: int) -> np.ndarray:
@@ -93,16 +95,48 @@ def randomize_weights(model: RamTaggingModel, seed: int) -> None:
 
 
 @torch.no_grad()
-def calibrate_fc_bias(model: RamTaggingModel, images: torch.Tensor, thresholds: torch.Tensor) -> None:
+def fc_inputs(model: RamTaggingModel, images: torch.Tensor) -> torch.Tensor:
+    """``(N, 3, S, S)`` preprocessed images -> ``(N, C, hidden)`` float64 hidden states entering ``fc``."""
+    captured: list[torch.Tensor] = []
+    hook = model.fc.register_forward_hook(lambda _m, args, _o: captured.append(args[0]))
+    try:
+        model(images)
+    finally:
+        hook.remove()
+    return captured[0].double()
+
+
+@torch.no_grad()
+def decorrelate_fc(model: RamTaggingModel, hidden: torch.Tensor) -> None:
+    """Project out of ``fc.weight`` the directions of image-wide and tag-wide score shifts (norm kept).
+
+    With random weights, scores are mostly a shift per image (all tags fire or none) plus a shift per tag (the
+    same tags fire everywhere). The probe hidden states ``hidden`` (``(N, C, H)``, see :func:`fc_inputs`) are
+    averaged over tags (per image) and over images (per tag); the top :data:`NUM_IMAGE_DIRECTIONS` /
+    :data:`NUM_TAG_DIRECTIONS` principal directions of those means are removed from ``fc.weight``, leaving
+    mostly the image x tag interaction.
+    """
+    directions = []
+    for means, k in ((hidden.mean(dim=1), NUM_IMAGE_DIRECTIONS), (hidden.mean(dim=0), NUM_TAG_DIRECTIONS)):
+        directions.append(torch.linalg.svd(means - means.mean(dim=0), full_matrices=False)[2][:k])
+    basis, _ = torch.linalg.qr(torch.cat(directions).T)  # (H, k_total), orthonormal columns
+    weight = model.fc.weight.double()[0]
+    projected = weight - basis @ (basis.T @ weight)
+    model.fc.weight.copy_((projected * weight.norm() / projected.norm()).to(model.fc.weight.dtype)[None])
+
+
+@torch.no_grad()
+def calibrate_fc_bias(model: RamTaggingModel, hidden: torch.Tensor, thresholds: torch.Tensor) -> None:
     """Set ``fc.bias`` so that about :data:`TARGET_POSITIVE_RATE` of ``(image, tag)`` scores pass ``thresholds``.
 
-    ``images``: ``(N, 3, S, S)`` preprocessed; ``thresholds``: ``(C,)`` in (0, 1). Among nearby biases, the
-    one whose scores stay farthest from every threshold is kept (so float noise cannot flip a tag).
+    ``hidden``: ``(N, C, H)`` probe hidden states (:func:`fc_inputs`); ``thresholds``: ``(C,)`` in (0, 1). Every
+    probe image gets at least one tag; among nearby biases, the one whose scores stay farthest from every
+    threshold is kept (so float noise cannot flip a tag).
     """
-    model.fc.bias.zero_()
-    margin = model(images) - torch.logit(thresholds.double()).float()  # (N, C): pass iff margin + bias > 0
+    logits = hidden @ model.fc.weight.double()[0]  # (N, C), without bias
+    margin = logits - torch.logit(thresholds.double())  # pass iff margin + bias > 0
     base = -torch.quantile(margin.flatten(), 1.0 - TARGET_POSITIVE_RATE).item()
-    base = max(base, -margin.max(dim=1).values.min().item())  # every probe image gets at least one tag
+    base = max(base, -margin.max(dim=1).values.min().item())
     best, best_gap = base, -1.0
     for delta in np.linspace(0.0, 0.3, 31):
         gap = (margin + base + float(delta)).abs().min().item()
@@ -117,8 +151,9 @@ def build_tiny_model(variant: str, num_tags: int, seed: int, thresholds: list[fl
     cfg = dataclasses.replace(VARIANT_CONFIGS[variant], num_classes=num_tags)
     model = create_model(cfg).eval()
     randomize_weights(model, seed)
-    probes = preprocess_batch(probe_images(16), cfg.image_size)
-    calibrate_fc_bias(model, probes, torch.tensor(thresholds))
+    hidden = fc_inputs(model, preprocess_batch(probe_images(16), cfg.image_size))
+    decorrelate_fc(model, hidden)
+    calibrate_fc_bias(model, hidden, torch.tensor(thresholds))
     return model
 
 
