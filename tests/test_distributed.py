@@ -153,7 +153,7 @@ class Cluster:
         while time.monotonic() < deadline:
             try:
                 last = self.summary(job)
-            except Exception:  # noqa: BLE001 - the database may be restarting
+            except Exception:
                 time.sleep(1)
                 continue
             if last["state"] == "done":
@@ -182,8 +182,8 @@ class Cluster:
 
 @pytest.fixture
 def cluster_factory(pg_url: str, s3_endpoint: str, model_dir: Path) -> Iterator[Any]:
-    from workers.models import resolve_model
     from labelfleet.settings import Settings
+    from workers.models import resolve_model
 
     settings = Settings(model_dir=model_dir)  # generate tiny models once, before workers race for them
     for key, stage in (("gdino_tiny", "detector"), ("sam_tiny", "segmenter")):

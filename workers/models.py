@@ -148,17 +148,18 @@ def build_stages(preset: Preset, settings: Settings, *, automatic: bool, config:
 
     ck = checkpoints or {}
     device = resolve_device(settings.device)
-    kw = {"allow_download": allow_download, "progress": progress}
-    det = resolve_model(preset.detector, "detector", settings, checkpoint=ck.get("detector"), **kw)  # type: ignore[arg-type]
-    seg = resolve_model(preset.segmenter, "segmenter", settings, checkpoint=ck.get("segmenter"), **kw)  # type: ignore[arg-type]
+    kw: dict[str, Any] = {"allow_download": allow_download, "progress": progress}
+    det = resolve_model(preset.detector, "detector", settings, checkpoint=ck.get("detector"), **kw)
+    seg = resolve_model(preset.segmenter, "segmenter", settings, checkpoint=ck.get("segmenter"), **kw)
     detector = build_detector(det.key, checkpoint=det.files["checkpoint"],
-                              text_encoder_dir=det.files["text_encoder_dir"], device=device, box_threshold=config.box_threshold,
+                              text_encoder_dir=det.files["text_encoder_dir"], device=device,
+                              box_threshold=config.box_threshold,
                               text_threshold=config.text_threshold, nms_iou=config.nms_iou,
                               batch_size=settings.batch_size)
     segmenter = build_segmenter(seg.key, checkpoint=seg.files["checkpoint"], device=device)
     tagger, tag_prov = None, None
     if automatic:
-        tag = resolve_model(preset.tagger, "tagger", settings, checkpoint=ck.get("tagger"), **kw)  # type: ignore[arg-type]
+        tag = resolve_model(preset.tagger, "tagger", settings, checkpoint=ck.get("tagger"), **kw)
         tagger = _build_tagger(tag, device, settings, config)
         tag_prov = tag.provenance()
     prov = {"preset": preset.name, "random_weights": preset.random_weights, "device": device,
