@@ -67,11 +67,10 @@ def engine_for(settings: Settings, *, migrate: bool = False) -> Engine:
 
 
 class RateColumn(ProgressColumn):
-    """Items per second over the task's lifetime."""
+    """Items per second over the last 30 s (rich's windowed estimate)."""
 
     def render(self, task: Task) -> Text:
-        elapsed = task.elapsed or 0.0
-        rate = task.completed / elapsed if elapsed > 0 else 0.0
+        rate = task.speed or 0.0
         return Text(f"{rate:6.2f} img/s", style="cyan")
 
 

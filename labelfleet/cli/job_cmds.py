@@ -24,20 +24,46 @@ def status(
     db: str | None = DbOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (job, state, total, done, "
                                  "failed, skipped, poison, pending, running, detections, tags, failures)."),
+    watch: bool = typer.Option(False, "--watch", help="Follow the job with a progress bar until it is done."),
 ) -> None:
-    """Show a job's progress, label counts and failure reasons."""
+    """Show a job's progress, label counts, failure reasons and throughput per worker."""
     from labelfleet.db.engine import session_factory
     from labelfleet.db.queries import job_summary
     from labelfleet.db.repository import get_job
 
     engine = engine_for(make_settings(db_url=db))
-    with session_factory(engine)() as s:
-        summary = job_summary(s, get_job(s, job))
+    factory = session_factory(engine)
+
+    def read() -> dict[str, Any]:
+        with factory() as s:
+            return job_summary(s, get_job(s, job))
+
+    summary = read()
+    if watch:
+        summary = _watch(read, summary)
     engine.dispose()
     if as_json:
         print(json.dumps(summary, default=str))
         return
     print_summary(summary)
+
+
+def _watch(read: Any, summary: dict[str, Any]) -> dict[str, Any]:
+    """Progress bar over final items (done+failed+skipped+poison) until the job is done or cancelled."""
+    import time
+
+    from labelfleet.cli.common import image_progress
+
+    def final(s: dict[str, Any]) -> int:
+        return int(s["done"] + s["failed"] + s["skipped"] + s["poison"])
+
+    with image_progress() as progress:
+        task = progress.add_task(f"job {summary['job']}", total=summary["total"], completed=final(summary))
+        while summary["state"] not in ("done", "cancelled"):
+            time.sleep(2)
+            summary = read()
+            progress.update(task, total=summary["total"], completed=final(summary))
+    return summary
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -49,6 +75,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(table)
     for f in summary["failures"]:
         console.print(f"  {f['count']:>5} {f['status']}: {f['reason']}", highlight=False)
+    for w in summary.get("workers", []):
+        console.print(f"  worker {w['worker']}: {w['done']} done in the last 5 min ({w['images_per_s']} img/s)",
+                      highlight=False)
     if summary.get("random_weights"):
         console.print(f"[bold yellow]{RANDOM_WEIGHTS_WARNING}[/]")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -45,6 +46,16 @@ def failure_reasons(session: Session, job_id: int, limit: int = 10) -> list[dict
     return [{"status": s, "reason": e, "count": int(n)} for s, e, n in rows]
 
 
+def worker_throughput(session: Session, job_id: int, window_s: int = 300) -> list[dict[str, Any]]:
+    """Items finished per worker process over the last ``window_s`` seconds (images/s)."""
+    since = datetime.now(UTC) - timedelta(seconds=window_s)
+    rows = session.execute(
+        select(Item.worker, func.count()).where(Item.job_id == job_id, Item.status == ItemStatus.DONE,
+                                                Item.finished_at >= since).group_by(Item.worker)).all()
+    return [{"worker": str(w).rsplit(":", 1)[0], "done": int(n), "images_per_s": round(n / window_s, 3)}
+            for w, n in rows if w]
+
+
 def job_summary(session: Session, job: Job) -> dict[str, Any]:
     """Everything ``labelfleet status --json`` prints for one job."""
     counts = status_counts(session, job.id)
@@ -65,6 +76,7 @@ def job_summary(session: Session, job: Job) -> dict[str, Any]:
         "listing_done": bool(job.listing_done),
         "random_weights": bool(job.models.get("random_weights", False)),
         "failures": failure_reasons(session, job.id),
+        "workers": worker_throughput(session, job.id),
         "created_at": job.created_at.isoformat() if job.created_at else None,
     }
 

@@ -48,9 +48,8 @@ class CrossAttentionCore(nn.Module):
 
     def forward(self, hidden: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split(self.query(hidden)), self._split(self.key(memory)), self._split(self.value(memory))
-        # The official decoder adds an all-zero mask (every image token is attended to); it is left out.
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        ctx = scores.softmax(dim=-1) @ v
+        # softmax(q k^T / sqrt(d)) v; the official decoder adds an all-zero mask (all image tokens attended to).
+        ctx = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim))
         b, _, n, _ = ctx.shape
         return ctx.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
 

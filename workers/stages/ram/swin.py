@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 #: Value the official Swin code puts in the shifted-window mask between unrelated regions.
@@ -99,18 +100,21 @@ class WindowAttention(nn.Module):
         self.relative_position_index = relative_position_index(self.window, self.relative_position_index.device)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``x``: ``(B * nW, N, C)`` windows (window-major inside each image); ``mask``: ``(nW, N, N)`` or None."""
         bw, n, c = x.shape
-        qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
-        attn = q @ k.transpose(-2, -1)
+        h = self.num_heads
+        q, k, v = self.qkv(x).view(bw, n, 3, h, c // h).permute(2, 0, 3, 1, 4)  # each (B * nW, h, N, d)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        attn = attn + bias.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
-        if mask is not None:
-            nw = mask.shape[0]
-            attn = attn.view(bw // nw, nw, self.num_heads, n, n) + mask[None, :, None]
-            attn = attn.view(bw, self.num_heads, n, n)
-        out = attn.softmax(dim=-1) @ v
-        return self.proj(out.transpose(1, 2).reshape(bw, n, c))
+        bias = bias.view(n, n, h).permute(2, 0, 1)  # (h, N, N)
+        # Windows of one image are folded into the head axis, so the (nW, h, N, N) bias+mask broadcasts over B.
+        nw = 1 if mask is None else mask.shape[0]
+        attn_mask = bias.unsqueeze(0) if mask is None else (bias.unsqueeze(0) + mask.unsqueeze(1))
+        shape = (bw // nw, nw * h, n, c // h)
+        out = F.scaled_dot_product_attention(
+            q.reshape(shape), k.reshape(shape), v.reshape(shape),
+            attn_mask=attn_mask.reshape(1, nw * h, n, n).to(q.dtype), scale=self.scale,
+        )  # fmt: skip
+        return self.proj(out.view(bw, h, n, c // h).transpose(1, 2).reshape(bw, n, c))
 
 
 class Mlp(nn.Module):
