@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     decode_workers: int = Field(4, ge=1, description="Threads that read and decode images ahead of the models")
     max_image_pixels: int = Field(100_000_000, ge=1, description="Larger images fail as decompression bombs")
 
+    overwrite_reviewed: bool = Field(False, description="Re-labelling replaces labels a person reviewed too")
     lease_seconds: int = Field(2400, ge=10, description="How long a claimed item stays leased")
     max_attempts: int = Field(3, ge=1, description="Retryable failures before an item is poison")
     task_soft_time_limit: int = Field(1500, ge=1)

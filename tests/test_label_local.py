@@ -148,3 +148,34 @@ def test_ctrl_c_leaves_a_resumable_job(tmp_path: Path, db_url: str, lf_env: Path
             Detection.item_id, Detection.idx).having(func.count() > 1)).all()
     engine.dispose()
     assert per_item == []
+
+
+def test_relabel_keeps_reviewed_labels_unless_overwritten(tmp_path: Path, sqlite_url: str, lf_env: Path) -> None:
+    from sqlalchemy import update
+
+    write_scenes(tmp_path / "rv", 3)
+    args = ["label", str(tmp_path / "rv"), "--db", sqlite_url, "--models", "tiny-random", "--classes", "cat,dog"]
+    _cli(*args)
+    engine = make_engine(sqlite_url)
+    factory = session_factory(engine)
+    with factory() as s:
+        det = s.scalars(select(Detection).order_by(Detection.id)).first()
+        assert det is not None
+        s.execute(update(Detection).where(Detection.id == det.id).values(review_status="rejected",
+                                                                         reviewed_by="alice"))
+        s.commit()
+        total_before = s.scalar(select(func.count()).select_from(Detection))
+    _cli(*args, "--relabel")
+    with factory() as s:
+        kept = s.get(Detection, det.id)
+        assert kept is not None and kept.review_status == "rejected" and kept.reviewed_by == "alice"
+        # the same model finds the same box again: it is dropped as a duplicate of the reviewed one
+        assert s.scalar(select(func.count()).select_from(Detection)) == total_before
+        idx = s.scalars(select(Detection.idx).where(Detection.item_id == det.item_id)).all()
+    assert len(idx) == len(set(idx))
+    assert _status(sqlite_url, "rv")["done"] == 3
+    _cli(*args, "--relabel", "--overwrite-reviewed")
+    with factory() as s:
+        assert s.get(Detection, det.id) is None
+        assert s.scalar(select(func.count()).select_from(Detection).where(Detection.review_status.is_not(None))) == 0
+    engine.dispose()

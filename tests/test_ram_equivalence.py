@@ -78,7 +78,7 @@ def test_tags_match_upstream(tagger_and_expected: tuple[RamTagger, dict]) -> Non
 
 
 def test_reference_scores_keep_clear_of_thresholds() -> None:
-    # Guards the reference data itself: no score within 1e-3 of its threshold, so float noise cannot flip a tag.
+    # Guards the reference data: no score within 1e-3 of its threshold, so float noise cannot flip a tag.
     _, thresholds, _ = load_tag_files(DATA / "ref_tag_list.txt", DATA / "ref_tag_list_threshold.txt")
     for variant in VARIANTS:
         scores = np.array([r["scores"] for r in _expected(variant)["images"]])

@@ -36,7 +36,12 @@ OFFICIAL_SHA256 = {
 
 def _tagger(files: dict[str, Path], variant: str, **kw: object) -> RamTagger:
     return build_ram_tagger(
-        variant, files["checkpoint"], files["tag_list"], files["thresholds"], chinese=files["tag_list_chinese"], **kw
+        variant,
+        files["checkpoint"],
+        files["tag_list"],
+        files["thresholds"],
+        chinese=files["tag_list_chinese"],
+        **kw,
     )  # type: ignore[arg-type]
 
 
@@ -81,7 +86,9 @@ def test_per_class_thresholds_from_file(tagger: RamTagger, tiny_files, images, s
     for row, tags in zip(scores, result, strict=True):
         want = [tagger.tag_list[i] for i in range(32) if row[i] > np.float32(thresholds[i])]
         assert [t.name for t in tags] == want
-        assert all(isinstance(t, Tag) and t.score == pytest.approx(row[tagger.tag_list.index(t.name)]) for t in tags)
+        assert all(
+            isinstance(t, Tag) and t.score == pytest.approx(row[tagger.tag_list.index(t.name)]) for t in tags
+        )
 
 
 def test_threshold_is_strict(tagger: RamTagger, images) -> None:
@@ -110,7 +117,9 @@ def test_batching_equals_one_at_a_time(tagger: RamTagger, images, scores) -> Non
     one = single.scores(images)
     np.testing.assert_allclose(one, scores, atol=1e-5, rtol=0)
     np.testing.assert_allclose(big.scores(images), one, atol=1e-5, rtol=0)
-    assert [[t.name for t in x] for x in single.tag(images)] == [[t.name for t in x] for x in tagger.tag(images)]
+    assert [[t.name for t in x] for x in single.tag(images)] == [
+        [t.name for t in x] for x in tagger.tag(images)
+    ]
 
 
 def test_tags_follow_tag_list_order(tagger: RamTagger, images) -> None:
@@ -134,7 +143,11 @@ def test_empty_batch_and_bad_images(tagger: RamTagger) -> None:
     rgba = np.dstack([probe_images(1)[0], np.zeros((100, 140), np.uint8)])
     np.testing.assert_allclose(tagger.scores([rgba]), tagger.scores(probe_images(1)), atol=1e-6)
     assert tagger.scores([gray]).shape == (1, 32)
-    for bad in (np.zeros((10, 10, 3), np.float32), np.zeros((10, 10, 5), np.uint8), np.zeros((0, 4, 3), np.uint8)):
+    for bad in (
+        np.zeros((10, 10, 3), np.float32),
+        np.zeros((10, 10, 5), np.uint8),
+        np.zeros((0, 4, 3), np.uint8),
+    ):
         with pytest.raises(ValueError):
             tagger.tag([bad])
 

@@ -138,7 +138,8 @@ class ItemProcessor:
                                  "height": decoded.height, "timings": timings}
         with self.factory() as s:
             timings["write"] = round(time.perf_counter() - t0, 6)
-            ok = repo.finish_item(s, row.id, self.owner, rows, facts=facts)
+            ok = repo.finish_item(s, row.id, self.owner, rows, facts=facts,
+                                  overwrite_reviewed=self.settings.overwrite_reviewed)
         if ok:
             stats.add(ItemStatus.DONE)
             self._notify(ItemStatus.DONE)

@@ -67,6 +67,10 @@ def label(
     segmenter_checkpoint: Path | None = typer.Option(None, "--segmenter-checkpoint", help="Local SAM .pth."),
     tagger_checkpoint: Path | None = typer.Option(None, "--tagger-checkpoint", help="Local RAM/RAM++ .pth."),
     offline: bool = typer.Option(False, "--offline", help="Never download; fail if a model file is missing."),
+    relabel: bool = typer.Option(False, "--relabel", help="Label every image of the job again (labels a "
+                                 "person reviewed are kept)."),
+    overwrite_reviewed: bool | None = typer.Option(None, "--overwrite-reviewed", help="With --relabel: replace "
+                                                   "reviewed labels too."),
 ) -> None:
     """Label every image of SOURCE in this process and store the labels in --db.
 
@@ -78,7 +82,7 @@ def label(
 
     settings = make_settings(db_url=db, models=models, device=device, box_threshold=box_threshold,
                              text_threshold=text_threshold, nms_iou=nms_iou, batch_size=batch_size,
-                             tag_threshold=tag_threshold, max_tags=max_tags)
+                             tag_threshold=tag_threshold, max_tags=max_tags, overwrite_reviewed=overwrite_reviewed)
     preset = _preset(models, tagger, settings.models)
     config = PipelineConfig(
         classes=split_csv(classes), extra_classes=split_csv(extra_classes) or (),
@@ -96,14 +100,14 @@ def label(
     engine = engine_for(settings, migrate=True)
     checkpoints = {"detector": detector_checkpoint, "segmenter": segmenter_checkpoint, "tagger": tagger_checkpoint}
     try:
-        summary = _run(engine, settings, src, name, preset, config, checkpoints, offline)
+        summary = _run(engine, settings, src, name, preset, config, checkpoints, offline, relabel)
     finally:
         engine.dispose()
     _print_summary(summary, preset)
 
 
 def _run(engine: Any, settings: Any, src: Any, name: str, preset: Preset, config: Any,
-         checkpoints: dict[str, Path | None], offline: bool) -> dict[str, Any]:
+         checkpoints: dict[str, Path | None], offline: bool, relabel: bool) -> dict[str, Any]:
     from sqlalchemy import select
 
     from labelfleet.db import repository as repo
@@ -130,6 +134,8 @@ def _run(engine: Any, settings: Any, src: Any, name: str, preset: Preset, config
                                 on_listed=lambda n: progress.advance(listing, n))
         progress.remove_task(listing)
         with factory() as s:
+            if relabel:
+                repo.reset_for_relabel(s, job_id)
             counts = status_counts(s, job_id)
         todo = counts["pending"] + counts["running"]
         task = progress.add_task(f"labelling {name}", total=todo)

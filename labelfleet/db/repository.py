@@ -141,12 +141,50 @@ class LabelRows:
     detections: list[dict[str, Any]] = field(default_factory=list)  # Detection column -> value, without ids
 
 
+#: On re-label, a new detection overlapping a reviewed one of the same class this much is a duplicate.
+DUPLICATE_IOU = 0.5
+
+
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two absolute px xyxy boxes."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def keep_reviewed(session: Session, item_id: int, detections: list[dict[str, Any]], *,
+                  overwrite_reviewed: bool = False) -> list[dict[str, Any]]:
+    """Replace an item's unreviewed detections, keeping reviewed ones (for ``finish_item`` on re-label).
+
+    Deletes the item's detections with ``review_status IS NULL`` (all of them when
+    ``overwrite_reviewed``) and returns the rows to insert: the new ``detections``
+    (column dicts, absolute px xyxy) minus those duplicating a kept reviewed label
+    (same class, IoU >= :data:`DUPLICATE_IOU`; a rejected label thus stays rejected),
+    with ``item_id`` and ``idx`` numbered after the kept rows. Does not commit.
+    """
+    cond = Detection.item_id == item_id
+    if not overwrite_reviewed:
+        cond = cond & Detection.review_status.is_(None)
+    session.execute(delete(Detection).where(cond))
+    kept = session.execute(select(Detection.idx, Detection.class_name, Detection.x0, Detection.y0,
+                                  Detection.x1, Detection.y1).where(Detection.item_id == item_id)).all()
+    start = max((k.idx for k in kept), default=-1) + 1
+    fresh = [d for d in detections if not any(
+        k.class_name == d["class_name"]
+        and _iou((k.x0, k.y0, k.x1, k.y1), (d["x0"], d["y0"], d["x1"], d["y1"])) >= DUPLICATE_IOU
+        for k in kept)]
+    return [{**d, "item_id": item_id, "idx": start + i} for i, d in enumerate(fresh)]
+
+
 def finish_item(session: Session, item_id: int, owner: str, labels: LabelRows, *,
-                facts: dict[str, Any]) -> bool:
+                facts: dict[str, Any], overwrite_reviewed: bool = False) -> bool:
     """Replace the item's labels and mark it done, in one transaction.
 
-    Only commits while ``owner`` still holds the lease; returns False (and
-    writes nothing) if the lease was lost to another worker.
+    Detections a person reviewed are kept (see :func:`keep_reviewed`) unless
+    ``overwrite_reviewed``. Only commits while ``owner`` still holds the
+    lease; returns False (and writes nothing) if the lease was lost.
     """
     stmt = (
         update(Item)
@@ -159,12 +197,11 @@ def finish_item(session: Session, item_id: int, owner: str, labels: LabelRows, *
         logger.warning("item %s: lease lost before its labels were written; another worker owns it", item_id)
         return False
     session.execute(delete(ItemTag).where(ItemTag.item_id == item_id))
-    session.execute(delete(Detection).where(Detection.item_id == item_id))
+    rows = keep_reviewed(session, item_id, labels.detections, overwrite_reviewed=overwrite_reviewed)
     if labels.tags:
         session.execute(insert(ItemTag), [{"item_id": item_id, "name": n, "score": s} for n, s in labels.tags])
-    if labels.detections:
-        session.execute(insert(Detection), [{"item_id": item_id, "idx": i, **d}
-                                            for i, d in enumerate(labels.detections)])
+    if rows:
+        session.execute(insert(Detection), rows)
     session.commit()
     return True
 
@@ -196,6 +233,16 @@ def release_items(session: Session, item_ids: Sequence[int], owner: str) -> int:
                 else func.greatest(Item.attempts - 1, 0))
     )
     n = rowcount(session.execute(stmt))
+    session.commit()
+    return n
+
+
+def reset_for_relabel(session: Session, job_id: int) -> int:
+    """Put every finished item of a job back to pending (fresh attempts) so it is labelled again."""
+    stmt = (update(Item).where(Item.job_id == job_id, Item.status.in_(list(FINAL_STATUSES)))
+            .values(status=ItemStatus.PENDING, attempts=0, error=None, enqueued_at=None, finished_at=None))
+    n = rowcount(session.execute(stmt))
+    session.execute(update(Job).where(Job.id == job_id).values(state=JobState.RUNNING, finished_at=None))
     session.commit()
     return n
 

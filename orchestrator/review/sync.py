@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from labelfleet.db.models import Detection, Item, ReviewStatus
+from labelfleet.db.repository import DUPLICATE_IOU, keep_reviewed  # noqa: F401  (re-exported)
 from orchestrator.review import ACCEPT_TAG, REJECT_TAG
 from orchestrator.review.convert import LF_ID, from_fo_detection
 
@@ -30,8 +31,6 @@ logger = logging.getLogger(__name__)
 
 #: A box edge moved by more than this many pixels counts as an edit.
 EDIT_TOLERANCE_PX = 0.5
-#: On re-label, a new detection overlapping a reviewed one of the same class this much is a duplicate.
-DUPLICATE_IOU = 0.5
 
 
 @dataclass
@@ -119,38 +118,5 @@ def sync_back(session: Session, job_id: int, dataset: Any, *, reviewer: str,
     logger.info("review sync: %d accepted, %d rejected, %d edited, %d unknown labels skipped",
                 report.accepted, report.rejected, report.edited, report.unknown)
     return report
-
-
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two absolute px xyxy boxes."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def keep_reviewed(session: Session, item_id: int, detections: list[dict[str, Any]], *,
-                  overwrite_reviewed: bool = False) -> list[dict[str, Any]]:
-    """Replace an item's unreviewed detections, keeping reviewed ones (for ``finish_item`` on re-label).
-
-    Deletes the item's detections with ``review_status IS NULL`` (all of them when
-    ``overwrite_reviewed``) and returns the rows to insert: the new ``detections``
-    (column dicts, absolute px xyxy) minus those duplicating a kept reviewed label
-    (same class, IoU >= :data:`DUPLICATE_IOU`; a rejected label thus stays rejected),
-    with ``item_id`` and ``idx`` numbered after the kept rows. Does not commit.
-    """
-    cond = Detection.item_id == item_id
-    if not overwrite_reviewed:
-        cond = cond & Detection.review_status.is_(None)
-    session.execute(delete(Detection).where(cond))
-    kept = session.execute(select(Detection.idx, Detection.class_name, Detection.x0, Detection.y0,
-                                  Detection.x1, Detection.y1).where(Detection.item_id == item_id)).all()
-    start = max((k.idx for k in kept), default=-1) + 1
-    fresh = [d for d in detections if not any(
-        k.class_name == d["class_name"]
-        and _iou((k.x0, k.y0, k.x1, k.y1), (d["x0"], d["y0"], d["x1"], d["y1"])) >= DUPLICATE_IOU
-        for k in kept)]
-    return [{**d, "item_id": item_id, "idx": start + i} for i, d in enumerate(fresh)]
 
 

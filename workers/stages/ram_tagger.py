@@ -1,8 +1,8 @@
 """RAM / RAM++ image tagging stage (implements :class:`labelfleet.stages.Tagger`).
 
 Reproduces the official ``generate_tag`` of ``xinyu1205/recognize-anything``: official preprocessing
-(:mod:`workers.stages.ram.preprocess`), ``sigmoid(logits) > per-class threshold`` (strict), tags in tag-list order.
-Model code: :mod:`workers.stages.ram`; checkpoint key handling: :mod:`workers.stages.ram.checkpoint`.
+(:mod:`workers.stages.ram.preprocess`), ``sigmoid(logits) > per-class threshold`` (strict), tags in tag-list
+order. Model code: :mod:`workers.stages.ram`; checkpoint key handling: :mod:`workers.stages.ram.checkpoint`.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def build_ram_model(
         checkpoint: official-format file ``{'model': state_dict}`` (``ram_swin_large_14m.pth``, ...). Keys are
             converted by :func:`workers.stages.ram.checkpoint.convert_official_state_dict` (drops
             ``relative_position_index`` / ``attn_mask`` like the official loader, renames ``vision_multi`` ->
-            ``tagging_head``, drops RAM's ``tag_encoder.*`` / ``text_decoder.*``), then loaded with ``strict=True``.
-            The file is read with ``torch.load(weights_only=True)``; see ``trusted``.
+            ``tagging_head``, drops RAM's ``tag_encoder.*`` / ``text_decoder.*``), then loaded with
+            ``strict=True``. The file is read with ``torch.load(weights_only=True)``; see ``trusted``.
         device: torch device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...).
         trusted: allow ``weights_only=False`` when the file needs it; pass it only for files whose sha256 was
             verified (e.g. against :data:`workers.stages.ram.checkpoint.KNOWN_CHECKPOINT_SHA256`).
@@ -68,11 +68,13 @@ def build_ram_model(
             default without a checkpoint: 4585 full-size, 32 tiny).
 
     Returns:
-        A :class:`~workers.stages.ram.model.RamTaggingModel` mapping ``(B, 3, S, S)`` float32 to ``(B, C)`` logits.
+        A :class:`~workers.stages.ram.model.RamTaggingModel` mapping ``(B, 3, S, S)`` float32 to ``(B, C)``
+        logits.
 
     Raises:
         ValueError: unknown variant. ModelUnavailableError: missing file.
-        RamCheckpointError (a PermanentError): unreadable / untrusted file, or missing, unexpected or mis-shaped keys.
+        RamCheckpointError (a PermanentError): unreadable / untrusted file, or missing, unexpected or
+        mis-shaped keys.
     """
     cfg = variant_config(variant)
     if checkpoint is None:
@@ -141,9 +143,15 @@ class RamTagger:
         tag_list_chinese: list[str] | None = None,
     ) -> None:
         if not isinstance(model, RamTaggingModel):
-            raise ValueError(f"model must be a RamTaggingModel (see build_ram_model), got {type(model).__name__}")
+            raise ValueError(
+                f"model must be a RamTaggingModel (see build_ram_model), got {type(model).__name__}"
+            )
         num = model.num_class
-        for name, seq in (("tag_list", tag_list), ("thresholds", thresholds), ("tag_list_chinese", tag_list_chinese)):
+        for name, seq in (
+            ("tag_list", tag_list),
+            ("thresholds", thresholds),
+            ("tag_list_chinese", tag_list_chinese),
+        ):
             if seq is not None and len(seq) != num:
                 raise ValueError(f"{name} has {len(seq)} entries but the model has {num} classes")
         if batch_size < 1:
@@ -187,7 +195,10 @@ class RamTagger:
         """Official output format per image: ``(' | '.join(english), ' | '.join(chinese) or None)``."""
         zh = self.tag_list_chinese
         return [
-            (" | ".join(self.tag_list[i] for i in idx), None if zh is None else " | ".join(zh[i] for i in idx))
+            (
+                " | ".join(self.tag_list[i] for i in idx),
+                None if zh is None else " | ".join(zh[i] for i in idx),
+            )
             for idx in self._selected(self.scores(images))
         ]
 
@@ -197,8 +208,8 @@ def make_tiny_ram_files(
 ) -> dict[str, Path]:
     """Write a tiny random-weight checkpoint (official format and key names) and its tag files.
 
-    Returns paths ``{"checkpoint", "tag_list", "thresholds", "tag_list_chinese"}``. The weights are rescaled and
-    ``fc.bias`` calibrated so that a few tags fire per image and differ between images (see
+    Returns paths ``{"checkpoint", "tag_list", "thresholds", "tag_list_chinese"}``. The weights are rescaled
+    and ``fc.bias`` calibrated so that a few tags fire per image and differ between images (see
     :mod:`workers.stages.ram.tiny`). Deterministic for a given ``seed``.
     """
     if variant not in RAM_VARIANTS:

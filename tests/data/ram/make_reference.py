@@ -20,11 +20,11 @@ Outputs:
   ``label_embed``'s shape).
 * ``ref_tag_list*.txt``: the 16-tag list, thresholds and Chinese names used by both tiny models.
 * ``expected_ram_tiny.json`` / ``expected_ram_plus_tiny.json``: per reference image, upstream sigmoid scores
-  (captured from ``fc`` inside ``generate_tag``) and ``generate_tag``'s English / Chinese strings. Each is also
-  re-checked after reloading the saved file through the official ``load_checkpoint_swinlarge``.
+  (captured from ``fc`` inside ``generate_tag``) and ``generate_tag``'s English / Chinese strings. Each is
+  also re-checked after reloading the saved file through the official ``load_checkpoint_swinlarge``.
 
-The upstream ``__init__`` needs the ``bert-base-uncased`` tokenizer only for ``len(tokenizer)`` and a prompt length
-(neither affects tagging); it is stubbed so the script runs offline.
+The upstream ``__init__`` needs the ``bert-base-uncased`` tokenizer only for ``len(tokenizer)`` and a prompt
+length (neither affects tagging); it is stubbed so the script runs offline.
 """
 
 from __future__ import annotations
@@ -58,8 +58,13 @@ TINY_Q2L = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64
 TINY_MED = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
             "vocab_size": 64, "max_position_embeddings": 32, "encoder_width": 32}  # fmt: skip
 TINY_DES_PER_CLASS = 4
-SCALES = {"image_proj.weight": 20.0, "crossattention.self.query.weight": 8.0,
-          "crossattention.self.key.weight": 8.0, "crossattention.output.dense.weight": 0.5, "fc.weight": 2.5}  # fmt: skip
+SCALES = {
+    "image_proj.weight": 20.0,
+    "crossattention.self.query.weight": 8.0,
+    "crossattention.self.key.weight": 8.0,
+    "crossattention.output.dense.weight": 0.5,
+    "fc.weight": 2.5,
+}
 
 
 def reference_images() -> list[np.ndarray]:
@@ -104,13 +109,17 @@ def set_upstream_env(up: SimpleNamespace, config_path: Path, vocab: int) -> None
         mod.init_tokenizer = lambda *_a, **_k: StubTokenizer(vocab)
 
 
+def is_derived_buffer(key: str) -> bool:
+    return "relative_position_index" in key or "attn_mask" in key
+
+
 def write_manifests(up: SimpleNamespace, upstream: Path, out: Path) -> None:
     set_upstream_env(up, upstream / "ram", 30524)
     for name, cls in (("ram", up.ram.RAM), ("ram_plus", up.plus.RAM_plus)):
         model = cls(image_size=384, vit="swin_l")  # upstream cannot be built on the meta device (Tensor.item)
         sd = model.state_dict()
         del model
-        drops = {k: list(v.shape) for k, v in sd.items() if "relative_position_index" in k or "attn_mask" in k}
+        drops = {k: list(v.shape) for k, v in sd.items() if is_derived_buffer(k)}
         keys = {k: list(v.shape) for k, v in sd.items() if k not in drops}
         doc = {
             "source": "xinyu1205/recognize-anything@7cb804a8609e9f4b1a50b7f31436d2df40bb9481, "
@@ -135,8 +144,12 @@ def write_tiny_configs(upstream: Path, root: Path) -> Path:
 
 
 def write_tag_files(out: Path) -> dict[str, Path]:
-    paths = {k: out / f"ref_tag_list{s}.txt" for k, s in (("en", ""), ("zh", "_chinese"), ("th", "_threshold"))}
-    paths["en"].write_text("\n".join(en for en, _ in TAGS), encoding="utf-8")  # no final newline, like upstream
+    paths = {
+        k: out / f"ref_tag_list{s}.txt" for k, s in (("en", ""), ("zh", "_chinese"), ("th", "_threshold"))
+    }
+    paths["en"].write_text(
+        "\n".join(en for en, _ in TAGS), encoding="utf-8"
+    )  # no final newline, like upstream
     paths["zh"].write_text("\n".join(zh for _, zh in TAGS) + "\n", encoding="utf-8")
     paths["th"].write_text("".join(f"{t}\n" for t in THRESHOLDS), encoding="utf-8")
     return paths
@@ -190,7 +203,12 @@ def calibrate(up: SimpleNamespace, model: torch.nn.Module, images: list[np.ndarr
 
 def build_tiny(up: SimpleNamespace, plus: bool, cfg_root: Path, tags: dict[str, Path]) -> torch.nn.Module:
     torch.manual_seed(SEED)
-    kw = {"image_size": 384, "vit": "swin_l", "tag_list": str(tags["en"]), "tag_list_chinese": str(tags["zh"])}
+    kw = {
+        "image_size": 384,
+        "vit": "swin_l",
+        "tag_list": str(tags["en"]),
+        "tag_list_chinese": str(tags["zh"]),
+    }
     if plus:
         return up.plus.RAM_plus(**kw).eval()
     return up.ram.RAM(med_config=str(cfg_root / "configs/med_config.json"), **kw).eval()
@@ -201,7 +219,7 @@ def reload_official(up, plus: bool, cfg_root: Path, tags: dict[str, Path], ckpt:
     if plus:
         model.label_embed = torch.nn.Parameter(torch.zeros(model.num_class * TINY_DES_PER_CLASS, 512))
     model, msg = up.utils.load_checkpoint_swinlarge(model, str(ckpt), {"image_size": 384, "vit": "swin_l"})
-    bad_missing = [k for k in msg.missing_keys if "relative_position_index" not in k and "attn_mask" not in k]
+    bad_missing = [k for k in msg.missing_keys if not is_derived_buffer(k)]
     if bad_missing or msg.unexpected_keys:
         raise SystemExit(f"official loader: missing {bad_missing} unexpected {msg.unexpected_keys}")
     return model.eval()
@@ -218,7 +236,7 @@ def make_tiny_reference(up: SimpleNamespace, upstream: Path, out: Path) -> None:
             randomize(model, plus)
             bias = calibrate(up, model, images)
             results = run_generate_tag(up, model, images)
-            sd = {k: v for k, v in model.state_dict().items() if "attn_mask" not in k and "relative_position_index" not in k}
+            sd = {k: v for k, v in model.state_dict().items() if not is_derived_buffer(k)}
             ckpt = out / f"ref_{name}.pth"
             torch.save({"model": sd}, ckpt)
             again = run_generate_tag(up, reload_official(up, plus, cfg_root, tags, ckpt), images)
@@ -227,7 +245,13 @@ def make_tiny_reference(up: SimpleNamespace, upstream: Path, out: Path) -> None:
             for r, img in zip(results, images, strict=True):
                 r["image_sha256"] = hashlib.sha256(img.tobytes()).hexdigest()
                 r["image_shape"] = list(img.shape)
-            doc = {"variant": name, "seed": SEED, "fc_bias": bias, "torch": torch.__version__, "images": results}
+            doc = {
+                "variant": name,
+                "seed": SEED,
+                "fc_bias": bias,
+                "torch": torch.__version__,
+                "images": results,
+            }
             (out / f"expected_{name}.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
             print(name, ckpt.stat().st_size, "bytes;", [r["tags"] for r in results])
 

@@ -1,7 +1,8 @@
 """Inference-only, clean-room RAM / RAM++ (Recognize Anything) for labelfleet.
 
 Loads the official ``ram_swin_large_14m.pth`` / ``ram_plus_swin_large_14m.pth`` with ``strict=True``; see
-:mod:`workers.stages.ram.checkpoint` for the key conversion and :mod:`workers.stages.ram_tagger` for the stage.
+:mod:`workers.stages.ram.checkpoint` for the key conversion and :mod:`workers.stages.ram_tagger` for the
+stage.
 """
 
 from workers.stages.ram.checkpoint import (

@@ -1,22 +1,22 @@
 """Reading official RAM / RAM++ checkpoints into the labelfleet modules.
 
 Official files (``ram_swin_large_14m.pth``, ``ram_plus_swin_large_14m.pth``) are ``torch.save`` dicts whose
-``'model'`` entry is the state dict of the upstream ``RAM`` / ``RAM_plus`` module (the training scripts also store
-``optimizer``, ``config`` and ``epoch``; they are ignored).
+``'model'`` entry is the state dict of the upstream ``RAM`` / ``RAM_plus`` module (the training scripts also
+store ``optimizer``, ``config`` and ``epoch``; they are ignored).
 
-Every key change between an official state dict and :class:`~workers.stages.ram.model.RamTaggingModel` is listed
-here, in :func:`convert_official_state_dict`, and nowhere else:
+Every key change between an official state dict and :class:`~workers.stages.ram.model.RamTaggingModel` is
+listed here, in :func:`convert_official_state_dict`, and nowhere else:
 
 1. **Dropped, like the official loader** (``load_checkpoint_swinlarge``): every key containing
    ``relative_position_index`` or ``attn_mask``. They are derived buffers; labelfleet registers them as
    non-persistent and rebuilds them from the configuration.
-2. **Renamed, like the official loader**: ``vision_multi`` -> ``tagging_head`` (legacy name; a key that is also
-   a bias table or an index/mask is not renamed, as in the official ``elif`` chain).
-3. **Dropped by labelfleet only** (RAM; the official loader loads them): keys starting with ``tag_encoder.`` or
-   ``text_decoder.``, the Tag2Text-style captioning modules that tagging never runs.
+2. **Renamed, like the official loader**: ``vision_multi`` -> ``tagging_head`` (legacy name; a key that is
+   also a bias table or an index/mask is not renamed, as in the official ``elif`` chain).
+3. **Dropped by labelfleet only** (RAM; the official loader loads them): keys starting with ``tag_encoder.``
+   or ``text_decoder.``, the Tag2Text-style captioning modules that tagging never runs.
 4. ``relative_position_bias_table`` entries are *not* resampled. The official loader resamples them to
-   ``(2 * window - 1) ** 2`` rows, which is a no-op for the released 384 px checkpoints; a table of another size
-   is reported as a shape mismatch instead.
+   ``(2 * window - 1) ** 2`` rows, which is a no-op for the released 384 px checkpoints; a table of another
+   size is reported as a shape mismatch instead.
 
 After conversion the state dict must match the model exactly (``strict=True``).
 """
@@ -77,7 +77,8 @@ def convert_official_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]
 
 
 def read_checkpoint(path: Path, *, trusted: bool = False) -> dict[str, torch.Tensor]:
-    """Read the ``'model'`` state dict of an official-format checkpoint (tensors on CPU, memory-mapped if possible).
+    """Read the ``'model'`` state dict of an official-format checkpoint (tensors on CPU, memory-mapped if
+    possible).
 
     ``torch.load(weights_only=True)`` is tried first. If the file needs arbitrary unpickling (official files
     store a ``config`` object next to the weights), it is re-read with ``weights_only=False`` only when
@@ -116,7 +117,9 @@ def _torch_load(path: Path, *, weights_only: bool) -> Any:
 def _model_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not isinstance(obj.get("model"), Mapping):
         kind = type(obj).__name__ if not isinstance(obj, Mapping) else f"dict with keys {sorted(obj)[:8]}"
-        raise RamCheckpointError(f"{path} is not an official RAM checkpoint ({{'model': state_dict}}); got {kind}")
+        raise RamCheckpointError(
+            f"{path} is not an official RAM checkpoint ({{'model': state_dict}}); got {kind}"
+        )
     state = dict(obj["model"])
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:

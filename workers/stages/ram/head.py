@@ -3,8 +3,8 @@
 A Query2Label-style stack of BERT layers whose self-attention and embeddings were deleted (see
 ``shared/specs/ram.md`` section 3): each layer is cross-attention from the label queries to the image tokens,
 then a feed-forward block, both post-norm (LayerNorm eps 1e-12). Parameter names match the official
-checkpoints: ``encoder.layer.{i}.crossattention.self.{query,key,value}``, ``crossattention.output.{dense,LayerNorm}``,
-``intermediate.dense``, ``output.{dense,LayerNorm}``.
+checkpoints: ``encoder.layer.{i}.crossattention.self.{query,key,value}``,
+``crossattention.output.{dense,LayerNorm}``, ``intermediate.dense``, ``output.{dense,LayerNorm}``.
 """
 
 from __future__ import annotations
@@ -47,8 +47,12 @@ class CrossAttentionCore(nn.Module):
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, hidden: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._split(self.query(hidden)), self._split(self.key(memory)), self._split(self.value(memory))
-        # softmax(q k^T / sqrt(d)) v; the official decoder adds an all-zero mask (all image tokens attended to).
+        q, k, v = (
+            self._split(self.query(hidden)),
+            self._split(self.key(memory)),
+            self._split(self.value(memory)),
+        )
+        # softmax(q k^T / sqrt(d)) v; the official all-zero mask (every image token attended to) is left out.
         ctx = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim))
         b, _, n, _ = ctx.shape
         return ctx.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.stages.ram.head import HeadConfig, TaggingHead
-from workers.stages.ram.swin import SwinConfig, SwinEncoder
+from workers.stages.ram.swin import DerivedBuffers, SwinConfig, SwinEncoder
 
 #: Number of classes of the official closed-set tag list.
 OFFICIAL_NUM_CLASSES = 4585
@@ -53,8 +53,8 @@ class RamConfig:
         return self.swin.image_size
 
 
-# Reduced sizes for tests: same structure (4 stages, shifted odd blocks, last stage = one window, 2 head layers),
-# much smaller widths. The 384 px input is kept because the official code only accepts 224 or 384 for Swin-L.
+# Reduced sizes for tests: same structure (4 stages, shifted odd blocks, last stage = one window, 2 head
+# layers), much smaller widths. The 384 px input is kept (the official code accepts only 224 or 384 px).
 _TINY_SWIN = SwinConfig(embed_dim=6, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4))
 _TINY_HEAD = HeadConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 TINY_DES_PER_CLASS = 4
@@ -112,7 +112,7 @@ class RamTaggingModel(nn.Module):
     def reset_buffers(self) -> None:
         """Recompute every derived (non-persistent) buffer, e.g. after ``to_empty``."""
         for module in self.modules():
-            if module is not self and hasattr(module, "reset_buffers"):
+            if isinstance(module, DerivedBuffers):
                 module.reset_buffers()
 
 
@@ -132,8 +132,8 @@ class RAMPlus(RamTaggingModel):
     """RAM++: ``D`` description embeddings per class, mixed per image.
 
     ``label_embed`` is ``(C * D, 512)`` grouped class-major; ``reweight_scale`` is a scalar log-temperature.
-    For each image, the weights are ``softmax_d(exp(reweight_scale) * <cls / |cls|, label_embed[c, d]>)``, where
-    ``cls`` is image token 0, and the class embedding is the weighted sum of its ``D`` descriptions.
+    For each image, the weights are ``softmax_d(exp(reweight_scale) * <cls / |cls|, label_embed[c, d]>)``,
+    where ``cls`` is image token 0, and the class embedding is the weighted sum of its ``D`` descriptions.
     """
 
     def __init__(self, cfg: RamConfig) -> None:
@@ -146,7 +146,9 @@ class RAMPlus(RamTaggingModel):
         cls = image_embeds[:, 0, :]
         cls = cls / cls.norm(dim=-1, keepdim=True)
         des = self.label_embed.view(self.num_class, -1, self.label_embed.shape[-1])  # (C, D, E)
-        logits = (self.reweight_scale.exp() * cls) @ self.label_embed.t()  # (B, C * D), same order as upstream
+        logits = (
+            self.reweight_scale.exp() * cls
+        ) @ self.label_embed.t()  # (B, C * D), same order as upstream
         weights = logits.view(cls.shape[0], self.num_class, -1).softmax(dim=-1)  # (B, C, D)
         return torch.einsum("bcd,cde->bce", weights, des).to(image_embeds.dtype)
 

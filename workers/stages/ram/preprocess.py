@@ -1,8 +1,8 @@
 """Image preprocessing identical to the official ``ram.transform.get_transform``.
 
-Official pipeline: ``PIL.Image.convert("RGB")`` -> ``Resize((S, S))`` on the PIL image (Pillow BILINEAR with its
-antialiasing; no aspect ratio kept, no crop) -> ``ToTensor`` (uint8 / 255 as float32, CHW) -> ``Normalize`` with
-the ImageNet mean/std. The same arithmetic is done here without torchvision.
+Official pipeline: ``PIL.Image.convert("RGB")`` -> ``Resize((S, S))`` on the PIL image (Pillow BILINEAR with
+its antialiasing; no aspect ratio kept, no crop) -> ``ToTensor`` (uint8 / 255 as float32, CHW) ->
+``Normalize`` with the ImageNet mean/std. The same arithmetic is done here without torchvision.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def to_pil_rgb(image: np.ndarray) -> Image.Image:
-    """``(H, W, 3)`` uint8 RGB (also ``(H, W)`` gray or ``(H, W, 4)`` RGBA, alpha dropped) -> RGB PIL image."""
+    """``(H, W, 3)`` uint8 RGB (also ``(H, W)`` gray or ``(H, W, 4)`` RGBA, alpha dropped) -> PIL RGB."""
     if not isinstance(image, np.ndarray):
         raise ValueError(f"expected a numpy array, got {type(image).__name__}")
     if image.dtype != np.uint8:

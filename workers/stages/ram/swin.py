@@ -1,12 +1,12 @@
 """Swin Transformer image encoder, inference only, laid out like RAM's ``visual_encoder``.
 
 Clean-room implementation of the Swin-L encoder used by RAM / RAM++ (see ``shared/specs/ram.md`` section 2).
-Parameter names match the official checkpoints (``patch_embed.proj``, ``layers.{i}.blocks.{j}.attn.qkv``, ...).
-The two index buffers (``relative_position_index`` and ``attn_mask``) are *non-persistent*: they are derived
-from the configuration, not stored in the state dict (the official loader drops them as well).
+Parameter names match the official checkpoints (``patch_embed.proj``, ``layers.{i}.blocks.{j}.attn.qkv``,
+...). The two index buffers (``relative_position_index`` and ``attn_mask``) are *non-persistent*: they are
+derived from the configuration, not stored in the state dict (the official loader drops them as well).
 
-Shapes: the encoder maps ``(B, 3, S, S)`` float32 images to ``(B, 1 + (S/32)**2, C_last)`` tokens, where token 0
-is the mean of the others (``S = 384`` and ``C_last = 1536`` for Swin-L).
+Shapes: the encoder maps ``(B, 3, S, S)`` float32 images to ``(B, 1 + (S/32)**2, C_last)`` tokens, where token
+0 is the mean of the others (``S = 384`` and ``C_last = 1536`` for Swin-L).
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ class SwinConfig:
 def relative_position_index(window: int, device: torch.device | str | None = None) -> torch.Tensor:
     """``(window**2, window**2)`` int64 index into the ``((2*window-1)**2, heads)`` bias table."""
     coords = torch.stack(
-        torch.meshgrid(torch.arange(window, device=device), torch.arange(window, device=device), indexing="ij")
+        torch.meshgrid(
+            torch.arange(window, device=device), torch.arange(window, device=device), indexing="ij"
+        )
     ).flatten(1)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
     return rel[..., 0] * (2 * window - 1) + rel[..., 1]
@@ -64,7 +66,7 @@ def window_merge(windows: torch.Tensor, window: int, h: int, w: int) -> torch.Te
 
 
 def shifted_window_mask(resolution: int, window: int, shift: int, device: torch.device | str | None = None):
-    """``(nW, window**2, window**2)`` float32 mask: 0 within a region, -100 across regions of a cyclic shift."""
+    """``(nW, window**2, window**2)`` float32 mask: 0 within a region, -100 across cyclic-shift regions."""
     region = torch.zeros((1, resolution, resolution, 1), device=device)
     bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
     label = 0
@@ -77,7 +79,15 @@ def shifted_window_mask(resolution: int, window: int, shift: int, device: torch.
     return torch.zeros_like(diff).masked_fill(diff != 0, _MASK_VALUE)
 
 
-class WindowAttention(nn.Module):
+class DerivedBuffers:
+    """Mixin for modules whose non-persistent buffers are computed from the configuration."""
+
+    def reset_buffers(self) -> None:
+        """Recompute the buffers in place (after ``to_empty`` or a meta-device build)."""
+        raise NotImplementedError
+
+
+class WindowAttention(nn.Module, DerivedBuffers):
     """Multi-head self-attention inside windows, with a learned relative position bias.
 
     Input and output: ``(B * nW, N, C)`` with ``N = window**2``.
@@ -91,22 +101,25 @@ class WindowAttention(nn.Module):
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
+        self.relative_position_index: torch.Tensor
         self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
         self.proj = nn.Linear(dim, dim)
 
     def reset_buffers(self) -> None:
         """Recompute the derived index buffer (after ``to_empty`` or a meta-device build)."""
-        self.relative_position_index = relative_position_index(self.window, self.relative_position_index.device)
+        self.relative_position_index = relative_position_index(
+            self.window, self.relative_position_index.device
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """``x``: ``(B * nW, N, C)`` windows (window-major inside each image); ``mask``: ``(nW, N, N)`` or None."""
+        """``x``: ``(B * nW, N, C)`` windows, image-major; ``mask``: ``(nW, N, N)`` or None."""
         bw, n, c = x.shape
         h = self.num_heads
         q, k, v = self.qkv(x).view(bw, n, 3, h, c // h).permute(2, 0, 3, 1, 4)  # each (B * nW, h, N, d)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         bias = bias.view(n, n, h).permute(2, 0, 1)  # (h, N, N)
-        # Windows of one image are folded into the head axis, so the (nW, h, N, N) bias+mask broadcasts over B.
+        # The windows of an image are folded into the head axis: the (nW, h, N, N) bias+mask broadcasts on B.
         nw = 1 if mask is None else mask.shape[0]
         attn_mask = bias.unsqueeze(0) if mask is None else (bias.unsqueeze(0) + mask.unsqueeze(1))
         shape = (bw // nw, nw * h, n, c // h)
@@ -130,7 +143,7 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class SwinBlock(nn.Module):
+class SwinBlock(nn.Module, DerivedBuffers):
     """Pre-norm Swin block on a ``resolution x resolution`` grid; input/output ``(B, L, C)``."""
 
     def __init__(self, dim: int, resolution: int, num_heads: int, window: int, shift: int, mlp_ratio: float):
@@ -229,7 +242,7 @@ class PatchEmbed(nn.Module):
 
 
 class SwinEncoder(nn.Module):
-    """Swin encoder returning ``cat([mean token, tokens])``: ``(B, 3, S, S)`` -> ``(B, 1 + L, C_last)`` float32."""
+    """Swin encoder, ``cat([mean token, tokens])``: ``(B, 3, S, S)`` -> ``(B, 1 + L, C_last)`` float32."""
 
     def __init__(self, cfg: SwinConfig) -> None:
         super().__init__()

@@ -1,8 +1,9 @@
 """Tiny random-weight RAM / RAM++ files for tests and the ``tiny-random`` preset.
 
-Random weights give nearly the same score to every tag (``shared/specs/ram.md`` section 9), so a few tensors are
-rescaled (see :data:`WEIGHT_SCALES`), ``fc`` is decorrelated from image-wide and tag-wide shifts and its bias calibrated on generated probe images so that a few
-tags pass their thresholds per image and the tag sets differ between images.
+Random weights give nearly the same score to every tag (``shared/specs/ram.md`` section 9), so a few tensors
+are rescaled (see :data:`WEIGHT_SCALES`), ``fc.weight`` is decorrelated from image-wide and tag-wide score
+shifts and ``fc.bias`` is calibrated on generated probe images, so that a few tags pass their thresholds per
+image and the tag sets differ between images.
 """
 
 from __future__ import annotations
@@ -14,27 +15,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workers.stages.ram.model import VARIANT_CONFIGS, RamTaggingModel, create_model
+from workers.stages.ram.model import VARIANT_CONFIGS, RAMPlus, RamTaggingModel, create_model
 from workers.stages.ram.preprocess import preprocess_batch
 
 #: (English, Chinese) tag names of generated tag lists: plain nouns, so GroundingDINO captions read naturally.
 TINY_TAGS: tuple[tuple[str, str], ...] = (
     ("person", "人"), ("cat", "猫"), ("dog", "狗"), ("car", "汽车"), ("tree", "树"), ("house", "房子"),
-    ("bird", "鸟"), ("horse", "马"), ("bicycle", "自行车"), ("boat", "船"), ("chair", "椅子"), ("table", "桌子"),
-    ("cup", "杯子"), ("bottle", "瓶子"), ("book", "书"), ("flower", "花"), ("grass", "草"), ("sky", "天空"),
-    ("road", "道路"), ("building", "建筑"), ("bus", "公共汽车"), ("train", "火车"), ("truck", "卡车"),
-    ("airplane", "飞机"), ("clock", "时钟"), ("lamp", "灯"), ("window", "窗户"), ("door", "门"), ("bed", "床"),
-    ("couch", "沙发"), ("laptop", "笔记本电脑"), ("phone", "电话"), ("apple", "苹果"), ("banana", "香蕉"),
-    ("pizza", "披萨"), ("cake", "蛋糕"), ("umbrella", "雨伞"), ("bag", "包"), ("shoe", "鞋"), ("hat", "帽子"),
-    ("ball", "球"), ("kite", "风筝"), ("sheep", "羊"), ("cow", "牛"), ("elephant", "大象"), ("bear", "熊"),
-    ("zebra", "斑马"), ("giraffe", "长颈鹿"), ("fish", "鱼"), ("mountain", "山"), ("river", "河"),
-    ("beach", "海滩"), ("bridge", "桥"), ("fence", "栅栏"), ("plate", "盘子"), ("bowl", "碗"), ("knife", "刀"),
+    ("bird", "鸟"), ("horse", "马"), ("bicycle", "自行车"), ("boat", "船"), ("chair", "椅子"),
+    ("table", "桌子"), ("cup", "杯子"), ("bottle", "瓶子"), ("book", "书"), ("flower", "花"),
+    ("grass", "草"), ("sky", "天空"), ("road", "道路"), ("building", "建筑"), ("bus", "公共汽车"),
+    ("train", "火车"), ("truck", "卡车"), ("airplane", "飞机"), ("clock", "时钟"), ("lamp", "灯"),
+    ("window", "窗户"), ("door", "门"), ("bed", "床"), ("couch", "沙发"), ("laptop", "笔记本电脑"),
+    ("phone", "电话"), ("apple", "苹果"), ("banana", "香蕉"), ("pizza", "披萨"), ("cake", "蛋糕"),
+    ("umbrella", "雨伞"), ("bag", "包"), ("shoe", "鞋"), ("hat", "帽子"), ("ball", "球"), ("kite", "风筝"),
+    ("sheep", "羊"), ("cow", "牛"), ("elephant", "大象"), ("bear", "熊"), ("zebra", "斑马"),
+    ("giraffe", "长颈鹿"), ("fish", "鱼"), ("mountain", "山"), ("river", "河"), ("beach", "海滩"),
+    ("bridge", "桥"), ("fence", "栅栏"), ("plate", "盘子"), ("bowl", "碗"), ("knife", "刀"),
     ("spoon", "勺子"), ("fork", "叉子"), ("vase", "花瓶"), ("pillow", "枕头"), ("mirror", "镜子"),
     ("sink", "水槽"), ("television", "电视"),
 )  # fmt: skip
 #: Per-class thresholds of generated lists, cycled (the official list is mostly 0.65).
 TINY_THRESHOLD_CYCLE = (0.65, 0.65, 0.7, 0.6, 0.65, 0.75, 0.5, 0.65)
-#: Multipliers applied to random init (after ram.md section 9, with sharper cross-attention for the tiny head).
+#: Multipliers applied to random init (after ram.md section 9; sharper cross-attention for the tiny head).
 WEIGHT_SCALES = {
     "crossattention.self.query.weight": 20.0,
     "crossattention.self.key.weight": 20.0,
@@ -65,7 +67,11 @@ def _scene_image(i: int) -> np.ndarray:
     img = np.stack([x * 255 // (w - 1), y * 255 // (h - 1), np.full_like(x, (67 * i) % 256)], axis=-1)
     for k in range(1 + i % 3):
         cx, cy, rad = (37 * (i + 2 * k + 1)) % w, (53 * (i + k + 1)) % h, 15 + (29 * (i + k)) % 50
-        img[(x - cx) ** 2 + (y - cy) ** 2 < rad * rad] = [(91 * (i + k)) % 256, (143 * k + 60) % 256, (i * 71) % 256]
+        img[(x - cx) ** 2 + (y - cy) ** 2 < rad * rad] = [
+            (91 * (i + k)) % 256,
+            (143 * k + 60) % 256,
+            (i * 71) % 256,
+        ]
     return img.astype(np.uint8)
 
 
@@ -90,7 +96,7 @@ def randomize_weights(model: RamTaggingModel, seed: int) -> None:
             if name.endswith(suffix):
                 param.mul_(factor)
     model.wordvec_proj.weight.mul_(WORDVEC_SCALE[model.config.plus])
-    if hasattr(model, "reweight_scale"):
+    if isinstance(model, RAMPlus):
         model.reweight_scale.fill_(REWEIGHT_SCALE)
 
 
@@ -127,11 +133,11 @@ def decorrelate_fc(model: RamTaggingModel, hidden: torch.Tensor) -> None:
 
 @torch.no_grad()
 def calibrate_fc_bias(model: RamTaggingModel, hidden: torch.Tensor, thresholds: torch.Tensor) -> None:
-    """Set ``fc.bias`` so that about :data:`TARGET_POSITIVE_RATE` of ``(image, tag)`` scores pass ``thresholds``.
+    """Set ``fc.bias`` so that about :data:`TARGET_POSITIVE_RATE` of ``(image, tag)`` pairs pass.
 
-    ``hidden``: ``(N, C, H)`` probe hidden states (:func:`fc_inputs`); ``thresholds``: ``(C,)`` in (0, 1). Every
-    probe image gets at least one tag; among nearby biases, the one whose scores stay farthest from every
-    threshold is kept (so float noise cannot flip a tag).
+    ``hidden``: ``(N, C, H)`` probe hidden states (:func:`fc_inputs`); ``thresholds``: ``(C,)`` in (0, 1).
+    Every probe image gets at least one tag; among nearby biases, the one whose scores stay farthest from
+    every threshold is kept (so float noise cannot flip a tag).
     """
     logits = hidden @ model.fc.weight.double()[0]  # (N, C), without bias
     margin = logits - torch.logit(thresholds.double())  # pass iff margin + bias > 0
