@@ -21,7 +21,7 @@ from labelfleet.cli.common import (
     split_csv,
 )
 from labelfleet.errors import ConfigError
-from labelfleet.models.catalog import RANDOM_WEIGHTS_WARNING, get_preset
+from labelfleet.models.catalog import RANDOM_WEIGHTS_WARNING
 
 BrokerOpt = typer.Option(None, "--broker", help="Broker URL, e.g. redis://127.0.0.1:6379/0 [env LABELFLEET_BROKER_URL]")
 
@@ -50,24 +50,27 @@ def submit(
     exclude: list[str] = typer.Option([], "--exclude", help="Skip keys matching this glob (repeatable)."),
     s3_endpoint_url: str | None = typer.Option(None, "--s3-endpoint-url", help="MinIO or other S3 endpoint."),
     no_masks: bool = typer.Option(False, "--no-masks", help="Boxes only, skip SAM."),
+    tagger: str | None = typer.Option(None, "--tagger", help="ram or ram_plus (automatic mode)."),
+    extra_classes: str | None = typer.Option(None, "--extra-classes", help="Classes always searched besides tags."),
+    exclude_tags: str | None = typer.Option(None, "--exclude-tags", help="Tags never searched."),
+    max_tags: int | None = typer.Option(None, "--max-tags", min=1, help="Keep only the N best tags per image."),
+    tag_threshold: float | None = typer.Option(None, "--tag-threshold", min=0, max=1,
+                                               help="One threshold for all tags (default: RAM's per-class ones)."),
 ) -> None:
     """Record a job and its items in --db, then enqueue them in chunks for the workers.
 
     Re-submitting the same job adds nothing twice; an interrupted listing resumes.
     """
-    from labelfleet.cli.label_cmds import job_config
-    from labelfleet.pipeline_config import PipelineConfig
+    from labelfleet.cli.label_cmds import job_config, pick_preset, pipeline_config
     from labelfleet.storage import open_source
     from labelfleet.tasknames import queue_for
     from orchestrator.dispatch import enqueue_pending
     from orchestrator.jobs import default_job_name, prepare_job
 
     settings = make_settings(db_url=db, broker_url=broker, models=models, chunk_size=chunk_size,
-                             s3_endpoint_url=s3_endpoint_url)
-    preset = get_preset(settings.models)
-    config = PipelineConfig(classes=split_csv(classes), box_threshold=settings.box_threshold,
-                            text_threshold=settings.text_threshold, nms_iou=settings.nms_iou,
-                            tag_threshold=settings.tag_threshold, max_tags=settings.max_tags, segment=not no_masks)
+                             s3_endpoint_url=s3_endpoint_url, max_tags=max_tags, tag_threshold=tag_threshold)
+    preset = pick_preset(models, tagger, settings.models)
+    config = pipeline_config(settings, classes, extra_classes, exclude_tags, no_masks)
     src = open_source(source, include=include, exclude=exclude, s3_endpoint_url=settings.s3_endpoint_url)
     name = job or default_job_name(src.uri)
     factory = _factory(settings, migrate=True)

@@ -26,12 +26,20 @@ def register(app: typer.Typer) -> None:
     app.command("segment")(segment)
 
 
-def _preset(models: str | None, tagger: str | None, settings_models: str) -> Preset:
+def pick_preset(models: str | None, tagger: str | None, settings_models: str) -> Preset:
     preset = get_preset(models or settings_models)
     if tagger is not None:
         key = f"{tagger}_tiny" if preset.name == "tiny-random" and not tagger.endswith("_tiny") else tagger
         preset = preset.with_overrides(tagger=key)
     return preset
+
+
+def pipeline_config(settings: Any, classes: str | None, extra_classes: str | None, exclude_tags: str | None,
+                    no_masks: bool) -> Any:
+    """The job's :class:`PipelineConfig` from CLI flags + settings; an empty ``--classes`` is an error."""
+
+    config = pipeline_config(settings, classes, extra_classes, exclude_tags, no_masks)
+    return config
 
 
 def job_config(preset: Preset, pipeline_config: Any) -> dict[str, Any]:
@@ -83,7 +91,7 @@ def label(
     settings = make_settings(db_url=db, models=models, device=device, box_threshold=box_threshold,
                              text_threshold=text_threshold, nms_iou=nms_iou, batch_size=batch_size,
                              tag_threshold=tag_threshold, max_tags=max_tags, overwrite_reviewed=overwrite_reviewed)
-    preset = _preset(models, tagger, settings.models)
+    preset = pick_preset(models, tagger, settings.models)
     config = PipelineConfig(
         classes=split_csv(classes), extra_classes=split_csv(extra_classes) or (),
         exclude_tags=split_csv(exclude_tags) or (), max_tags=settings.max_tags,
