@@ -20,7 +20,7 @@ RANGES: list[str] = []
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
+    def do_GET(self) -> None:
         rng = self.headers.get("Range")
         RANGES.append(rng or "")
         start = int(rng.split("=")[1].split("-")[0]) if rng else 0
@@ -65,7 +65,7 @@ def test_resume_from_partial_file(server: str, tmp_path: Path) -> None:
 
 
 def test_checksum_mismatch_removes_the_file(server: str, tmp_path: Path) -> None:
-    with pytest.raises(ChecksumError, match="w.pth: sha256 .* does not match the pinned 0000"):
+    with pytest.raises(ChecksumError, match=r"w\.pth: sha256 .* does not match the pinned 0000"):
         download(_mf(server, "0" * 64), tmp_path / "w.pth")
     assert not (tmp_path / "w.pth").exists() and not (tmp_path / "w.pth.part").exists()
 
