@@ -148,10 +148,11 @@ class ItemProcessor:
 
     def _record_error(self, row: _Row, exc: BaseException, stats: ProcessStats) -> None:
         status, reason = classify_error(exc, row.attempts, self.settings.max_attempts)
+        ctx = {"item_id": row.id, "key": row.key, "worker": self.owner, "status": str(status)}
         if not isinstance(exc, LabelfleetError):
-            logger.error("item %s (%s): unexpected %s", row.id, row.key, reason, exc_info=exc)
+            logger.error("item %s (%s): unexpected %s", row.id, row.key, reason, exc_info=exc, extra=ctx)
         else:
-            logger.info("item %s (%s): %s: %s", row.id, row.key, status, reason)
+            logger.info("item %s (%s): %s: %s", row.id, row.key, status, reason, extra=ctx)
         with self.factory() as s:
             ok = repo.end_item(s, row.id, self.owner, status, reason)
         if ok:

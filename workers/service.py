@@ -118,5 +118,6 @@ def run_chunk(job_id: int, item_ids: list[int], *, hostname: str = "worker",
         raise
     finally:
         processor.close()
-    logger.info("job %s: chunk of %d -> %s", job_id, len(ids), stats.counts)
+    logger.info("job %s: chunk of %d -> %s", job_id, len(ids), stats.counts,
+                extra={"job_id": job_id, "worker": owner})
     return dict(stats.counts)

@@ -41,8 +41,13 @@ def global_options(
     if verbose == 0:  # third-party deprecation noise (timm, torch, transformers) hides the progress bar
         for category in (FutureWarning, DeprecationWarning, UserWarning):
             warnings.filterwarnings("ignore", category=category)
-    logging.basicConfig(level=level, format="%(name)s: %(message)s",
-                        handlers=[RichHandler(console=console_err, show_path=False, rich_tracebacks=False)])
+    from labelfleet.logs import configure_logging
+
+    settings = Settings()
+    if settings.log_json:
+        configure_logging(level, as_json=True)
+    else:
+        configure_logging(level, handler=RichHandler(console=console_err, show_path=False, rich_tracebacks=False))
 
 
 def make_settings(**overrides: Any) -> Settings:
