@@ -125,3 +125,8 @@ def test_missing_or_malformed_checkpoint(tmp_path: Path) -> None:
     torch.save(create_model(VARIANT_CONFIGS["ram_tiny"]).state_dict(), bare)
     with pytest.raises(PermanentError, match=r"\{'model': state_dict\}"):
         build_ram_model("ram_tiny", bare)
+    for name, data in (("text.pth", b"not a checkpoint\n"), ("cut.pth", bare.read_bytes()[:1000])):
+        (tmp_path / name).write_bytes(data)
+        for trusted in (False, True):
+            with pytest.raises(PermanentError):
+                build_ram_model("ram_tiny", tmp_path / name, trusted=trusted)

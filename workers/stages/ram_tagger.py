@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from labelfleet.types import Tag
-from workers.stages.ram.checkpoint import load_into, read_checkpoint
+from workers.stages.ram.checkpoint import RamCheckpointError, load_into, read_checkpoint
 from workers.stages.ram.model import VARIANT_CONFIGS, RamConfig, RamTaggingModel, create_model
 from workers.stages.ram.preprocess import preprocess_batch
 from workers.stages.ram.tiny import write_tiny_files
@@ -39,7 +39,10 @@ def _num_classes_from_state(cfg: RamConfig, state: dict[str, torch.Tensor], sour
         return cfg.num_classes  # the key check reports the problem
     rows = int(embed.shape[0])
     if rows % cfg.des_per_class:
-        raise ValueError(f"{source}: label_embed has {rows} rows, not a multiple of {cfg.des_per_class}")
+        raise RamCheckpointError(
+            f"{source}: label_embed has {rows} rows, not a multiple of {cfg.des_per_class} descriptions per "
+            "class (wrong variant for this checkpoint?)"
+        )
     return rows // cfg.des_per_class
 
 
@@ -86,11 +89,11 @@ def build_ram_model(
     cfg = dataclasses.replace(cfg, num_classes=num_classes if num_classes is not None else found)
     with torch.device("meta"):
         model = create_model(cfg)
-    model.to_empty(device="cpu")  # no random init: every persistent tensor comes from the checkpoint
+    model.to_empty(device=device)  # no random init: every persistent tensor comes from the checkpoint
     model.reset_buffers()
     load_into(model, state, str(checkpoint))
-    logger.info("loaded %s (%d classes) from %s", variant, cfg.num_classes, checkpoint)
-    return model.eval().to(device)
+    logger.info("loaded %s (%d classes) from %s on %s", variant, cfg.num_classes, checkpoint, device)
+    return model.eval()
 
 
 def load_tag_files(

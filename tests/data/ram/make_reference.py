@@ -38,6 +38,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
@@ -156,7 +157,7 @@ def write_tag_files(out: Path) -> dict[str, Path]:
 
 
 @torch.no_grad()
-def randomize(model: torch.nn.Module, plus: bool) -> None:
+def randomize(model: Any, plus: bool) -> None:
     """ram.md section 9 scaling (+ image_proj x20 so that scores depend on the image)."""
     if plus:  # reduced description count, see module docstring
         model.label_embed = torch.nn.Parameter(torch.zeros(model.num_class * TINY_DES_PER_CLASS, 512))
@@ -175,7 +176,7 @@ def randomize(model: torch.nn.Module, plus: bool) -> None:
     model.wordvec_proj.weight.mul_(30.0 if plus else 12.0)
 
 
-def run_generate_tag(up: SimpleNamespace, model: torch.nn.Module, images: list[np.ndarray]) -> list[dict]:
+def run_generate_tag(up: SimpleNamespace, model: Any, images: list[np.ndarray]) -> list[dict]:
     """Official preprocessing + ``generate_tag`` on each image, capturing sigmoid(fc output)."""
     transform = up.get_transform(image_size=384)
     captured: list[torch.Tensor] = []
@@ -191,7 +192,7 @@ def run_generate_tag(up: SimpleNamespace, model: torch.nn.Module, images: list[n
 
 
 @torch.no_grad()
-def calibrate(up: SimpleNamespace, model: torch.nn.Module, images: list[np.ndarray]) -> float:
+def calibrate(up: SimpleNamespace, model: Any, images: list[np.ndarray]) -> float:
     model.fc.bias.zero_()
     scores = torch.tensor([r["scores"] for r in run_generate_tag(up, model, images)], dtype=torch.float64)
     margin = torch.logit(scores) - torch.logit(torch.tensor(THRESHOLDS, dtype=torch.float64))
@@ -201,7 +202,7 @@ def calibrate(up: SimpleNamespace, model: torch.nn.Module, images: list[np.ndarr
     return float(best)
 
 
-def build_tiny(up: SimpleNamespace, plus: bool, cfg_root: Path, tags: dict[str, Path]) -> torch.nn.Module:
+def build_tiny(up: SimpleNamespace, plus: bool, cfg_root: Path, tags: dict[str, Path]) -> Any:
     torch.manual_seed(SEED)
     kw = {
         "image_size": 384,
@@ -214,7 +215,7 @@ def build_tiny(up: SimpleNamespace, plus: bool, cfg_root: Path, tags: dict[str, 
     return up.ram.RAM(med_config=str(cfg_root / "configs/med_config.json"), **kw).eval()
 
 
-def reload_official(up, plus: bool, cfg_root: Path, tags: dict[str, Path], ckpt: Path) -> torch.nn.Module:
+def reload_official(up, plus: bool, cfg_root: Path, tags: dict[str, Path], ckpt: Path) -> Any:
     model = build_tiny(up, plus, cfg_root, tags)
     if plus:
         model.label_embed = torch.nn.Parameter(torch.zeros(model.num_class * TINY_DES_PER_CLASS, 512))

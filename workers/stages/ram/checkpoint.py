@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -101,17 +102,27 @@ def read_checkpoint(path: Path, *, trusted: bool = False) -> dict[str, torch.Ten
                 "trusted=True."
             ) from exc
         logger.info("re-reading trusted checkpoint %s with weights_only=False", path)
-        obj = _torch_load(path, weights_only=False)
+        try:
+            obj = _torch_load(path, weights_only=False)
+        except pickle.UnpicklingError as exc2:
+            raise RamCheckpointError(f"cannot read RAM checkpoint {path}: {exc2}") from exc2
     return _model_state_dict(obj, path)
 
 
 def _torch_load(path: Path, *, weights_only: bool) -> Any:
+    """``torch.load`` on CPU, memory-mapped when the file format allows; read errors -> RamCheckpointError."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):  # legacy (non-zip) format cannot be memory-mapped
-            raise RamCheckpointError(f"cannot read RAM checkpoint {path}: {exc}") from exc
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            # legacy (non-zip) files cannot be memory-mapped
+            return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError:
+        raise
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise RamCheckpointError(f"cannot read RAM checkpoint {path}: {exc}") from exc
 
 
 def _model_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
