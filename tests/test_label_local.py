@@ -179,3 +179,28 @@ def test_relabel_keeps_reviewed_labels_unless_overwritten(tmp_path: Path, sqlite
         assert s.get(Detection, det.id) is None
         assert s.scalar(select(func.count()).select_from(Detection).where(Detection.review_status.is_not(None))) == 0
     engine.dispose()
+
+
+BAD_LABEL_ARGS = [
+    (["--classes", " , "], "--classes is empty; give class names like 'cat,dog' or leave it out for automatic tags"),
+    (["--models", "nope"], "unknown model preset 'nope'; choose one of: default, fast, quality, tiny-random"),
+    (["--tagger", "clip"], "unknown tagger model 'clip_tiny'; choose one of: ram, ram_plus, ram_tiny, ram_plus_tiny"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_LABEL_ARGS, ids=[m[:25] for _, m in BAD_LABEL_ARGS])
+def test_bad_label_arguments(tmp_path: Path, sqlite_url: str, lf_env: Path, args: list[str], message: str) -> None:
+    write_scenes(tmp_path / "b", 1)
+    extra = [] if "--models" in args else ["--models", "tiny-random"]
+    result = runner.invoke(app, ["label", str(tmp_path / "b"), "--db", sqlite_url, *extra, *args])
+    assert result.exit_code != 0 and getattr(result.exception, "message", None) == message
+
+
+def test_missing_folder_and_bad_device(tmp_path: Path, sqlite_url: str) -> None:
+    result = runner.invoke(app, ["label", str(tmp_path / "nope"), "--db", sqlite_url, "--models", "tiny-random"])
+    assert "does not exist or is not a folder" in getattr(result.exception, "message", "")
+    proc = subprocess.run([sys.executable, "-m", "labelfleet", "label", str(tmp_path), "--db", sqlite_url,
+                           "--device", "gpu"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "setting device (env LABELFLEET_DEVICE): Value error, device must be auto, cpu, cuda or cuda:N" in (
+        " ".join(proc.stderr.split()))

@@ -37,8 +37,15 @@ def pick_preset(models: str | None, tagger: str | None, settings_models: str) ->
 def pipeline_config(settings: Any, classes: str | None, extra_classes: str | None, exclude_tags: str | None,
                     no_masks: bool) -> Any:
     """The job's :class:`PipelineConfig` from CLI flags + settings; an empty ``--classes`` is an error."""
+    from labelfleet.pipeline_config import PipelineConfig
 
-    config = pipeline_config(settings, classes, extra_classes, exclude_tags, no_masks)
+    config = PipelineConfig(
+        classes=split_csv(classes), extra_classes=split_csv(extra_classes) or (),
+        exclude_tags=split_csv(exclude_tags) or (), max_tags=settings.max_tags,
+        tag_threshold=settings.tag_threshold, box_threshold=settings.box_threshold,
+        text_threshold=settings.text_threshold, nms_iou=settings.nms_iou, segment=not no_masks)
+    if config.classes == ():
+        raise ConfigError("--classes is empty; give class names like 'cat,dog' or leave it out for automatic tags")
     return config
 
 
@@ -85,20 +92,13 @@ def label(
     Creates the job, or continues it: images already done are skipped, and
     Ctrl-C leaves the job consistent so the same command resumes it.
     """
-    from labelfleet.pipeline_config import PipelineConfig
     from labelfleet.storage import open_source
 
     settings = make_settings(db_url=db, models=models, device=device, box_threshold=box_threshold,
                              text_threshold=text_threshold, nms_iou=nms_iou, batch_size=batch_size,
                              tag_threshold=tag_threshold, max_tags=max_tags, overwrite_reviewed=overwrite_reviewed)
     preset = pick_preset(models, tagger, settings.models)
-    config = PipelineConfig(
-        classes=split_csv(classes), extra_classes=split_csv(extra_classes) or (),
-        exclude_tags=split_csv(exclude_tags) or (), max_tags=settings.max_tags,
-        tag_threshold=settings.tag_threshold, box_threshold=settings.box_threshold,
-        text_threshold=settings.text_threshold, nms_iou=settings.nms_iou, segment=not no_masks)
-    if config.classes == ():
-        raise ConfigError("--classes is empty; give class names like 'cat,dog' or leave it out for automatic tags")
+    config = pipeline_config(settings, classes, extra_classes, exclude_tags, no_masks)
     src = open_source(source, include=include, exclude=exclude, s3_endpoint_url=settings.s3_endpoint_url)
     from orchestrator.jobs import default_job_name
 
