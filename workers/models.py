@@ -83,7 +83,10 @@ def _verify_once(mf: ModelFile, dest: Path) -> None:
     reason = verify(mf, dest)
     if reason is not None:
         raise ChecksumError(f"{dest}: {reason}; delete it and run `labelfleet models fetch` again")
-    marker.write_text(mf.sha256 + "\n")
+    try:
+        marker.write_text(mf.sha256 + "\n")
+    except OSError:  # read-only model volume (weights baked into an image): verify again next time
+        logger.debug("cannot write %s; the checksum will be verified on every start", marker)
 
 
 def _fetch_official(spec: ModelSpec, root: Path, *, allow_download: bool,
