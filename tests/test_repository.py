@@ -104,3 +104,34 @@ def test_release_and_end_item(factory) -> None:  # type: ignore[no-untyped-def]
     assert (summary["failed"], summary["pending"], summary["running"]) == (1, 2, 0)
     assert summary["failures"] == [{"status": "failed", "reason": "not an image", "count": 1}]
     assert attempts == [0, 0, 1]
+
+
+class _FlakyListing:
+    """A source whose listing dies after ``fail_after`` keys on the first pass (like a dropped S3 connection)."""
+
+    uri = "/flaky"
+
+    def __init__(self, keys: list[str], fail_after: int) -> None:
+        self.keys, self.fail_after, self.calls = keys, fail_after, []  # type: ignore[var-annotated]
+
+    def list(self, start_after: str | None = None):  # type: ignore[no-untyped-def]
+        self.calls.append(start_after)
+        for n, key in enumerate(k for k in self.keys if start_after is None or k > start_after):
+            if len(self.calls) == 1 and n == self.fail_after:
+                raise ConnectionError("listing connection dropped")
+            yield ImageRef(self.uri, key)
+
+
+def test_interrupted_listing_resumes_at_the_cursor(factory) -> None:  # type: ignore[no-untyped-def]
+    from orchestrator.jobs import prepare_job
+
+    keys = [f"{i:04d}.jpg" for i in range(2500)]
+    src = _FlakyListing(keys, fail_after=1500)
+    with pytest.raises(ConnectionError):
+        prepare_job(factory, name="flaky", source=src, config={}, models={})  # type: ignore[arg-type]
+    job_id, created = prepare_job(factory, name="flaky", source=src, config={}, models={})  # type: ignore[arg-type]
+    assert not created
+    assert src.calls == [None, "0999.jpg"]  # batches of 1000 were committed before the failure
+    with factory() as s:
+        assert s.scalar(select(func.count()).select_from(Item).where(Item.job_id == job_id)) == 2500
+        assert repo.get_job(s, "flaky").listing_done
