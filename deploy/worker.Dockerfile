@@ -83,6 +83,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     ALEMBIC_CONFIG=/app/alembic.ini \
+    LABELFLEET_ALEMBIC_DIR=/app/alembic \
     HOME=/home/labelfleet \
     XDG_CACHE_HOME=/tmp/cache \
     MPLCONFIGDIR=/tmp/matplotlib \
