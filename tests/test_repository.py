@@ -135,3 +135,14 @@ def test_interrupted_listing_resumes_at_the_cursor(factory) -> None:  # type: ig
     with factory() as s:
         assert s.scalar(select(func.count()).select_from(Item).where(Item.job_id == job_id)) == 2500
         assert repo.get_job(s, "flaky").listing_done
+
+
+def test_crash_release_counts_the_attempt_and_poisons(factory) -> None:  # type: ignore[no-untyped-def]
+    job_id = _job(factory, 2)
+    with factory() as s:
+        for _ in range(3):  # an image that always crashes its worker
+            ids = repo.claim_items(s, job_id, "W", limit=2, lease_seconds=60)
+            repo.release_items(s, ids, "W", refund=False, max_attempts=3, reason="SoftTimeLimitExceeded")
+        rows = s.execute(select(Item.status, Item.attempts, Item.error, Item.enqueued_at)).all()
+    assert {r.status for r in rows} == {ItemStatus.POISON}
+    assert all(r.attempts == 3 and r.error == "gave up after 3 attempts: SoftTimeLimitExceeded" for r in rows)

@@ -57,3 +57,39 @@ def test_run_chunk_directly(tmp_path: Path, db_url: str, lf_env: Path) -> None:
     finally:
         ctx.close()
         engine.dispose()
+
+
+def test_jobs_share_loaded_models_and_keep_their_own_thresholds(lf_env: Path, sqlite_url: str) -> None:
+    ctx = WorkerContext(Settings(db_url=sqlite_url, model_dir=lf_env, device="cpu"))
+    base = {"preset": "tiny-random", "tagger": None, "detector": "gdino_tiny", "segmenter": "sam_tiny"}
+    try:
+        a = ctx.pipeline_for({**base, **PipelineConfig(classes=("cat",), box_threshold=0.3).to_json()})
+        b = ctx.pipeline_for({**base, **PipelineConfig(classes=("dog",), box_threshold=0.6).to_json()})
+        assert a.detector.model is b.detector.model and a.segmenter is b.segmenter  # type: ignore[attr-defined]
+        assert (a.detector.box_threshold, b.detector.box_threshold) == (0.3, 0.6)  # type: ignore[attr-defined]
+    finally:
+        ctx.close()
+
+
+def test_unreadable_source_fails_the_claimed_items_with_the_reason(tmp_path: Path, sqlite_url: str,
+                                                                   lf_env: Path) -> None:
+    import shutil
+
+    write_scenes(tmp_path / "gone", 2)
+    engine = make_engine(sqlite_url)
+    migrate.upgrade(engine)
+    factory = session_factory(engine)
+    config = {"preset": "tiny-random", "tagger": None, "detector": "gdino_tiny", "segmenter": "sam_tiny",
+              **PipelineConfig(classes=("cat",)).to_json()}
+    job_id, _ = prepare_job(factory, name="gone", source=open_source(str(tmp_path / "gone")), config=config,
+                            models={}, queue="lf.tiny-random")
+    shutil.rmtree(tmp_path / "gone")  # e.g. a folder this worker does not have mounted
+    ctx = WorkerContext(Settings(db_url=sqlite_url, model_dir=lf_env, device="cpu"))
+    try:
+        assert run_chunk(job_id, [1, 2], ctx=ctx) == {"failed": 2}
+        with factory() as s:
+            summary = job_summary(s, get_job(s, "gone"))
+        assert summary["failures"][0]["reason"].startswith("source folder") and summary["running"] == 0
+    finally:
+        ctx.close()
+        engine.dispose()

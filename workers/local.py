@@ -49,7 +49,7 @@ def run_local(factory: sessionmaker[Session], job_id: int, processor: ItemProces
     total = ProcessStats()
     chunk = chunk or max(settings.batch_size * 4, 8)
     with factory() as s:
-        released = repo.release_dead_owners(s, job_id, owner_is_dead)
+        released = repo.release_dead_owners(s, job_id, owner_is_dead, settings.max_attempts)
     if released:
         logger.info("released %d items left running by a crashed run", released)
     while not (should_stop and should_stop()):
@@ -62,10 +62,12 @@ def run_local(factory: sessionmaker[Session], job_id: int, processor: ItemProces
             break
         try:
             stats = processor.process(ids)
-        except BaseException:
+        except BaseException as exc:
+            refund = isinstance(exc, KeyboardInterrupt | SystemExit)
             with factory() as s:
-                n = repo.release_items(s, ids, processor.owner)
-            logger.warning("interrupted: %d unfinished items returned to pending", n)
+                n = repo.release_items(s, ids, processor.owner, refund=refund, max_attempts=settings.max_attempts,
+                                       reason=f"{type(exc).__name__}: {exc}")
+            logger.warning("%s: %d unfinished items returned", "interrupted" if refund else "crashed", n)
             raise
         for k, v in stats.counts.items():
             total.counts[k] = total.counts.get(k, 0) + v

@@ -8,6 +8,7 @@ same builders as real checkpoints.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from labelfleet.errors import ChecksumError, ConfigError, ModelUnavailableError
 from labelfleet.models.catalog import ModelFile, ModelSpec, Preset, get_model
@@ -179,6 +182,38 @@ def _build_tagger(res: ResolvedModel, device: str, settings: Settings, config: P
                                                res.files.get("tag_list_chinese"))
     return RamTagger(model, tags, thresholds, device=device, batch_size=settings.batch_size,
                      threshold_override=config.tag_threshold, tag_list_chinese=chinese)
+
+
+def pipeline_from(loaded: LoadedModels, config: PipelineConfig) -> Pipeline:
+    """A pipeline for ``config`` over already loaded models (thresholds applied to shallow copies).
+
+    The copies share the model weights, so several jobs with other classes or
+    thresholds cost no extra memory.
+    """
+    detector = copy.copy(loaded.detector)
+    detector.box_threshold = config.box_threshold
+    detector.text_threshold = config.text_threshold
+    detector.nms_iou = config.nms_iou
+    tagger = None
+    if config.automatic and loaded.tagger is not None:
+        tagger = copy.copy(loaded.tagger)
+        if config.tag_threshold is not None:
+            tagger.thresholds = np.full(len(tagger.tag_list), config.tag_threshold, dtype=np.float32)
+    return Pipeline(config, detector, loaded.segmenter, tagger)
+
+
+def free_accelerator_memory() -> None:
+    """Return cached GPU memory after models were dropped (no-op on CPU)."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - workers always have torch
+        pass
 
 
 def build_pipeline(preset: Preset, settings: Settings, config: PipelineConfig, **kw: Any) -> tuple[Pipeline, dict]:

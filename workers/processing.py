@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from labelfleet.db import repository as repo
@@ -127,7 +128,12 @@ class ItemProcessor:
                 self._run_batch([one], stats)
             return
         for (row, decoded, t_read), labels in zip(batch, results, strict=True):
-            self._write(row, decoded, t_read, labels, stats)
+            try:
+                self._write(row, decoded, t_read, labels, stats)
+            except (OperationalError, InterfaceError):
+                raise  # the database is down: the task retries, leases expire, nothing is lost
+            except Exception as exc:
+                self._record_error(row, exc, stats)
 
     def _write(self, row: _Row, decoded: DecodedImage, t_read: float, labels: ImageLabels,
                stats: ProcessStats) -> None:

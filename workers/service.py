@@ -6,59 +6,75 @@ the loaded pipelines (one per distinct job configuration) and the sources.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import os
 import threading
 import uuid
+from collections import OrderedDict
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from labelfleet.db import repository as repo
 from labelfleet.db.engine import make_engine, session_factory
-from labelfleet.db.models import Job, JobState
+from labelfleet.db.models import Item, Job, JobState
+from labelfleet.errors import LabelfleetError
 from labelfleet.models.catalog import get_preset
 from labelfleet.pipeline_config import PipelineConfig
 from labelfleet.settings import Settings
 from labelfleet.storage import Source, open_source
+from workers.models import LoadedModels, build_stages, free_accelerator_memory, pipeline_from
 from workers.pipeline import Pipeline
-from workers.processing import ItemProcessor
+from workers.processing import ItemProcessor, classify_error
 
 logger = logging.getLogger(__name__)
-_PRESET_KEYS = ("preset", "tagger", "detector", "segmenter")
+#: Job-config keys that are not pipeline settings.
+_JOB_KEYS = ("preset", "tagger", "detector", "segmenter", "s3_endpoint_url", "include", "exclude")
 
 
 class WorkerContext:
-    """Process-wide state of a worker: models load once, connections are reused."""
+    """Process-wide state of a worker: models load once, connections are reused.
+
+    Loaded models are cached by model keys (not by job), so jobs that differ
+    only in classes or thresholds share one copy in memory; at most
+    ``MAX_MODEL_SETS`` sets stay loaded (the least recently used is dropped).
+    """
+
+    MAX_MODEL_SETS = 2
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self.engine: Engine = make_engine(self.settings.db_url.get_secret_value())
         self.factory: sessionmaker[Session] = session_factory(self.engine)
-        self._pipelines: dict[str, Pipeline] = {}
-        self._sources: dict[str, Source] = {}
+        self._models: OrderedDict[tuple[str | None, str, str], LoadedModels] = OrderedDict()
+        self._sources: dict[tuple[str, str | None], Source] = {}
         self._lock = threading.Lock()
 
     def pipeline_for(self, config: dict[str, Any]) -> Pipeline:
-        """The pipeline of a job configuration, built on first use and kept for the process."""
-        key = json.dumps(config, sort_keys=True)
+        """A pipeline for a job configuration; its models are loaded on first use and shared."""
+        preset = get_preset(config["preset"]).with_overrides(
+            tagger=config.get("tagger"), detector=config.get("detector"), segmenter=config.get("segmenter"))
+        pcfg = PipelineConfig.from_json({k: v for k, v in config.items() if k not in _JOB_KEYS})
+        key = (preset.tagger if pcfg.automatic else None, preset.detector, preset.segmenter)
         with self._lock:
-            if key not in self._pipelines:
-                from workers.models import build_pipeline
+            if key not in self._models:
+                while len(self._models) >= self.MAX_MODEL_SETS:
+                    self._models.popitem(last=False)
+                    free_accelerator_memory()
+                logger.info("loading models %s", key)
+                shared = dataclasses.replace(pcfg, tag_threshold=None)  # per-job thresholds go on copies
+                self._models[key] = build_stages(preset, self.settings, automatic=pcfg.automatic, config=shared)
+            self._models.move_to_end(key)
+            return pipeline_from(self._models[key], pcfg)
 
-                preset = get_preset(config["preset"]).with_overrides(
-                    tagger=config.get("tagger"), detector=config.get("detector"), segmenter=config.get("segmenter"))
-                pcfg = PipelineConfig.from_json({k: v for k, v in config.items() if k not in _PRESET_KEYS})
-                logger.info("loading models for preset %s", preset.name)
-                self._pipelines[key], _ = build_pipeline(preset, self.settings, pcfg)
-            return self._pipelines[key]
-
-    def source_for(self, uri: str) -> Source:
-        if uri not in self._sources:
-            self._sources[uri] = open_source(uri, s3_endpoint_url=self.settings.s3_endpoint_url)
-        return self._sources[uri]
+    def source_for(self, uri: str, endpoint_url: str | None) -> Source:
+        key = (uri, endpoint_url or self.settings.s3_endpoint_url)
+        with self._lock:
+            if key not in self._sources:
+                self._sources[key] = open_source(uri, s3_endpoint_url=key[1])
+            return self._sources[key]
 
     def close(self) -> None:
         self.engine.dispose()
@@ -89,8 +105,10 @@ def run_chunk(job_id: int, item_ids: list[int], *, hostname: str = "worker",
     """Claim the still-claimable ``item_ids`` of ``job_id``, label them, record every outcome.
 
     Returns counts by status (``{"done": 30, "failed": 2}``); a cancelled or
-    unknown job returns ``{}``. On any exception the claimed, unfinished items
-    are released before it propagates (Celery then retries the task).
+    unknown job returns ``{}``. A model or source that cannot be loaded marks
+    the claimed items with the reason (so nothing waits silently); any other
+    exception gives the unfinished items back, the attempt counted, and
+    propagates (Celery retries database errors).
     """
     ctx = ctx or context()
     owner = f"{hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -100,24 +118,46 @@ def run_chunk(job_id: int, item_ids: list[int], *, hostname: str = "worker",
             logger.info("job %s is gone or cancelled; dropping %d items", job_id, len(item_ids))
             return {}
         config, source_uri = dict(job.config), job.source
-    pipeline = ctx.pipeline_for(config)
-    with ctx.factory() as s:
         ids = repo.claim_items(s, job_id, owner, limit=len(item_ids), lease_seconds=ctx.settings.lease_seconds,
                                item_ids=item_ids)
     if not ids:
         return {}
-    processor = ItemProcessor(ctx.factory, pipeline, ctx.settings, owner, ctx.source_for(source_uri))
+    try:
+        pipeline = ctx.pipeline_for(config)
+        source = ctx.source_for(source_uri, config.get("s3_endpoint_url"))
+    except LabelfleetError as exc:
+        return _fail_claimed(ctx, ids, owner, exc)
+    processor = ItemProcessor(ctx.factory, pipeline, ctx.settings, owner, source)
     try:
         stats = processor.process(ids)
-    except BaseException:
-        try:
-            with ctx.factory() as s:
-                repo.release_items(s, ids, owner)
-        except Exception:
-            logger.warning("could not release %d items; their leases will expire", len(ids))
+    except BaseException as exc:
+        _release(ctx, ids, owner, exc)
         raise
     finally:
         processor.close()
     logger.info("job %s: chunk of %d -> %s", job_id, len(ids), stats.counts,
                 extra={"job_id": job_id, "worker": owner})
     return dict(stats.counts)
+
+
+def _fail_claimed(ctx: WorkerContext, ids: list[int], owner: str, exc: LabelfleetError) -> dict[str, int]:
+    """Record why a chunk could not even start (missing weights, unreadable source) on each item."""
+    logger.error("cannot start chunk of %d items: %s", len(ids), exc.message)
+    counts: dict[str, int] = {}
+    with ctx.factory() as s:
+        attempts = dict(s.execute(select(Item.id, Item.attempts).where(Item.id.in_(ids))).tuples().all())
+        for item_id in ids:
+            status, reason = classify_error(exc, attempts.get(item_id, 1), ctx.settings.max_attempts)
+            if repo.end_item(s, item_id, owner, status, reason):
+                counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def _release(ctx: WorkerContext, ids: list[int], owner: str, exc: BaseException) -> None:
+    refund = isinstance(exc, KeyboardInterrupt | SystemExit)
+    try:
+        with ctx.factory() as s:
+            repo.release_items(s, ids, owner, refund=refund, max_attempts=ctx.settings.max_attempts,
+                               reason=f"{type(exc).__name__}: {exc}")
+    except Exception:
+        logger.warning("could not release %d items; their leases will expire", len(ids))

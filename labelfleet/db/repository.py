@@ -221,18 +221,31 @@ def end_item(session: Session, item_id: int, owner: str, status: ItemStatus, err
     return ok
 
 
-def release_items(session: Session, item_ids: Sequence[int], owner: str) -> int:
-    """Give leased items back (e.g. on Ctrl-C): running -> pending, the attempt not counted."""
+def release_items(session: Session, item_ids: Sequence[int], owner: str, *, refund: bool = True,
+                  max_attempts: int | None = None, reason: str = "interrupted") -> int:
+    """Give leased, unfinished items back: running -> pending, to be enqueued again.
+
+    ``refund=True`` (Ctrl-C, warm shutdown) does not count the attempt. With
+    ``refund=False`` (a crash, a time limit) the attempt counts, and items that
+    reached ``max_attempts`` become poison with ``reason``, so an image that
+    always crashes its worker cannot loop forever.
+    """
     if not item_ids:
         return 0
-    stmt = (
-        update(Item)
-        .where(Item.id.in_(list(item_ids)), Item.lease_owner == owner, Item.status == ItemStatus.RUNNING)
-        .values(status=ItemStatus.PENDING, lease_owner=None, lease_expires_at=None,
-                attempts=func.max(Item.attempts - 1, 0) if session.get_bind().dialect.name == "sqlite"
-                else func.greatest(Item.attempts - 1, 0))
-    )
-    n = rowcount(session.execute(stmt))
+    mine = (Item.id.in_(list(item_ids)), Item.lease_owner == owner, Item.status == ItemStatus.RUNNING)
+    free = {"lease_owner": None, "lease_expires_at": None, "enqueued_at": None}
+    n = 0
+    if refund:
+        lower = (func.max if session.get_bind().dialect.name == "sqlite" else func.greatest)(Item.attempts - 1, 0)
+        n += rowcount(session.execute(update(Item).where(*mine).values(status=ItemStatus.PENDING, attempts=lower,
+                                                                        **free)))
+    else:
+        if max_attempts is not None:
+            n += rowcount(session.execute(update(Item).where(*mine, Item.attempts >= max_attempts).values(
+                status=ItemStatus.POISON, finished_at=utcnow(), error=f"gave up after {max_attempts} attempts: "
+                f"{reason}"[:4000], **free)))
+        n += rowcount(session.execute(update(Item).where(*mine).values(status=ItemStatus.PENDING,
+                                                                        error=reason[:4000], **free)))
     session.commit()
     return n
 
@@ -247,9 +260,10 @@ def reset_for_relabel(session: Session, job_id: int) -> int:
     return n
 
 
-def release_dead_owners(session: Session, job_id: int, is_dead: Any) -> int:
-    """Release running items whose lease owner ``is_dead(owner)`` says is gone."""
+def release_dead_owners(session: Session, job_id: int, is_dead: Any, max_attempts: int) -> int:
+    """Release running items whose lease owner ``is_dead(owner)`` says is gone (the attempt counts)."""
     owners = session.scalars(select(Item.lease_owner).where(
         Item.job_id == job_id, Item.status == ItemStatus.RUNNING).distinct()).all()
     return sum(release_items(session, session.scalars(select(Item.id).where(
-        Item.job_id == job_id, Item.lease_owner == o)).all(), o) for o in owners if o and is_dead(o))
+        Item.job_id == job_id, Item.lease_owner == o)).all(), o, refund=False, max_attempts=max_attempts,
+        reason="the process labelling it died") for o in owners if o and is_dead(o))
