@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DB_URL = "sqlite:///labelfleet.db"
@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     task_soft_time_limit: int = Field(1500, ge=1)
     task_hard_time_limit: int = Field(1800, ge=1)
     chunk_size: int = Field(32, ge=1, description="Items per Celery task")
-    log_level: str = "INFO"
+    log_level: str | None = Field(None, description="Log level; unset = WARNING for CLI commands, INFO for workers")
     log_json: bool = False
 
     @field_validator("device")
@@ -52,6 +52,15 @@ class Settings(BaseSettings):
         if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
             return v
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
+
+    @model_validator(mode="after")
+    def _lease_outlives_tasks(self) -> Settings:
+        if self.lease_seconds <= self.task_hard_time_limit:
+            raise ValueError(f"lease_seconds ({self.lease_seconds}) must be above task_hard_time_limit "
+                             f"({self.task_hard_time_limit}), or leases expire while tasks still run")
+        if self.task_soft_time_limit >= self.task_hard_time_limit:
+            raise ValueError("task_soft_time_limit must be below task_hard_time_limit")
+        return self
 
     @property
     def model_path(self) -> Path:

@@ -14,11 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from labelfleet.db.models import Item, ItemStatus, Job, JobState
-from labelfleet.db.queries import derive_state, status_counts
 from labelfleet.db.repository import rowcount, utcnow
 from orchestrator.broker import queue_depth
 from orchestrator.dispatch import enqueue_pending
@@ -50,31 +49,48 @@ def expire_leases(session: Session, job_id: int, max_attempts: int) -> tuple[int
 
 def sweep(factory: sessionmaker[Session], broker_url: str, *, max_attempts: int, chunk_size: int,
           requeue_after_s: float = 60.0, stale_after_s: float = 3600.0) -> SweepReport:
-    """One pass over every unfinished job."""
+    """One pass over every unfinished job; a failure on one job does not stop the others."""
     report = SweepReport()
     with factory() as s:
         jobs = s.execute(select(Job.id, Job.name, Job.queue).where(
             Job.state.notin_([JobState.DONE, JobState.CANCELLED]))).all()
     for job_id, name, queue in jobs:
-        with factory() as s:
-            back, poison = expire_leases(s, job_id, max_attempts)
-        report.expired += back
-        report.poisoned += poison
-        if queue:
-            depth = queue_depth(broker_url, queue)  # None: the queue itself is gone (broker restarted)
-            older = requeue_after_s if not depth else stale_after_s
-            report.requeued += enqueue_pending(factory, job_id, broker_url, chunk_size=chunk_size,
-                                               older_than_s=older)
-        with factory() as s:
-            job = s.get(Job, job_id)
-            if job is not None and derive_state(job, status_counts(s, job_id)) == JobState.DONE:
-                job.state = JobState.DONE
-                job.finished_at = utcnow()
-                s.commit()
-                report.finished.append(name)
+        try:
+            _sweep_job(factory, broker_url, job_id, name, queue, report, max_attempts=max_attempts,
+                       chunk_size=chunk_size, requeue_after_s=requeue_after_s, stale_after_s=stale_after_s)
+        except Exception:
+            logger.exception("sweeping job %s failed", name)
     if report.expired or report.poisoned or report.requeued or report.finished:
         logger.info("sweep: %s", report)
     return report
+
+
+def _sweep_job(factory: sessionmaker[Session], broker_url: str, job_id: int, name: str, queue: str | None,
+               report: SweepReport, *, max_attempts: int, chunk_size: int, requeue_after_s: float,
+               stale_after_s: float) -> None:
+    with factory() as s:
+        back, poison = expire_leases(s, job_id, max_attempts)
+    report.expired += back
+    report.poisoned += poison
+    if queue:
+        depth = queue_depth(broker_url, queue)  # None: the queue itself is gone (broker restarted)
+        older = requeue_after_s if not depth else stale_after_s
+        report.requeued += enqueue_pending(factory, job_id, broker_url, chunk_size=chunk_size, older_than_s=older)
+    if mark_done_if_finished(factory, job_id):
+        report.finished.append(name)
+
+
+def mark_done_if_finished(factory: sessionmaker[Session], job_id: int) -> bool:
+    """Set the job done in ONE conditional UPDATE, so a concurrent retry/relabel is never overwritten."""
+    unfinished = select(Item.id).where(Item.job_id == job_id, Item.status.in_([ItemStatus.PENDING,
+                                                                               ItemStatus.RUNNING]))
+    stmt = (update(Job).where(Job.id == job_id, Job.listing_done.is_(True),
+                              Job.state.notin_([JobState.DONE, JobState.CANCELLED]), ~exists(unfinished))
+            .values(state=JobState.DONE, finished_at=utcnow()))
+    with factory() as s:
+        done = rowcount(s.execute(stmt)) == 1
+        s.commit()
+    return done
 
 
 def sweep_forever(run_once: Callable[[], Any], every_s: float, should_stop: Callable[[], bool] = lambda: False

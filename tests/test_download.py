@@ -98,3 +98,25 @@ def test_models_list_shows_every_stage() -> None:
     out = CliRunner().invoke(app, ["models", "list"], env={"COLUMNS": "200"}).output
     for key in ("ram ", "ram_plus", "gdino_swint_ogc", "sam_vit_h", "5.6 GB", "3.0 GB", "694.7 MB", "2.6 GB"):
         assert key in out, key
+
+
+def test_complete_part_file_is_verified_without_a_request(server: str, tmp_path: Path) -> None:
+    RANGES.clear()
+    (tmp_path / "w.pth.part").write_bytes(PAYLOAD)  # crashed after the last write, before the rename
+    assert download(_mf(server), tmp_path / "w.pth").read_bytes() == PAYLOAD
+    assert RANGES == []
+
+
+def test_short_transfer_keeps_the_partial_file(server: str, tmp_path: Path) -> None:
+    big = ModelFile("checkpoint", "w.pth", server + "/w.pth", len(PAYLOAD) + 10, "0" * 64)  # server sends less
+    with pytest.raises(ModelUnavailableError, match="download stopped at 1,048,576 of 1,048,586 bytes"):
+        download(big, tmp_path / "w.pth")
+    assert (tmp_path / "w.pth.part").stat().st_size == len(PAYLOAD)
+
+
+def test_concurrent_downloads_take_turns(server: str, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(lambda _: download(_mf(server), tmp_path / "w.pth"), range(4)))
+    assert all(p.read_bytes() == PAYLOAD for p in paths)

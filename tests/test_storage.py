@@ -64,3 +64,12 @@ def test_local_source(tmp_path: Path) -> None:
         src.read("../etc/passwd")
     with pytest.raises(ConfigError, match="does not exist or is not a folder"):
         open_source(str(tmp_path / "missing"))
+
+
+def test_symlinked_image_is_read(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "x.jpg").write_bytes(b"img")
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "link.jpg").symlink_to(tmp_path / "elsewhere" / "x.jpg")
+    src = open_source(str(tmp_path / "root"))
+    assert [r.key for r in src.list()] == ["link.jpg"] and src.read("link.jpg") == b"img"

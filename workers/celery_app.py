@@ -16,7 +16,7 @@ app = Celery("labelfleet")
 def _setup_logging(**_: Any) -> None:
     """Our format (JSON with job/item ids when LABELFLEET_LOG_JSON=true) instead of Celery's."""
     settings = Settings()
-    configure_logging(settings.log_level, as_json=settings.log_json)
+    configure_logging(settings.log_level or "INFO", as_json=settings.log_json)
 
 
 app.config_from_object("workers.celeryconfig")

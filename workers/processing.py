@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,10 +99,8 @@ class ItemProcessor:
         with self.factory() as s:
             rows = [_Row(i, k, a) for i, k, a in s.execute(
                 select(Item.id, Item.key, Item.attempts).where(Item.id.in_(list(item_ids))).order_by(Item.id))]
-        futures: list[tuple[_Row, Future[tuple[DecodedImage, float]]]] = [
-            (r, self.pool.submit(self._load, r.key)) for r in rows]
         batch: list[tuple[_Row, DecodedImage, float]] = []
-        for row, fut in futures:
+        for row, fut in self._read_ahead(rows):
             try:
                 decoded, t_read = fut.result()
             except Exception as exc:
@@ -114,6 +113,24 @@ class ItemProcessor:
         if batch:
             self._run_batch(batch, stats)
         return stats
+
+    def _read_ahead(self, rows: list[_Row]) -> Iterator[tuple[_Row, Future[tuple[DecodedImage, float]]]]:
+        """Yield rows in order with their read+decode future, keeping at most 2 batches in flight.
+
+        Bounded so a chunk of huge images never sits decoded in memory all at once.
+        """
+        window = max(2 * self.settings.batch_size, self.settings.decode_workers)
+        pending: deque[tuple[_Row, Future[tuple[DecodedImage, float]]]] = deque()
+        todo = iter(rows)
+        for row in todo:
+            pending.append((row, self.pool.submit(self._load, row.key)))
+            if len(pending) >= window:
+                break
+        while pending:
+            yield pending.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append((nxt, self.pool.submit(self._load, nxt.key)))
 
     def _run_batch(self, batch: list[tuple[_Row, DecodedImage, float]], stats: ProcessStats) -> None:
         try:

@@ -77,7 +77,9 @@ def submit(
     broker_url = settings.broker_url.get_secret_value()
     with image_progress() as progress:
         listing = progress.add_task("listing", total=None)
-        job_id, created = prepare_job(factory, name=name, source=src, config=job_config(preset, config),
+        job_id, created = prepare_job(factory, name=name, source=src, config=job_config(
+                                          preset, config, include=include, exclude=exclude,
+                                          s3_endpoint_url=settings.s3_endpoint_url),
                                       models={"preset": preset.name, "random_weights": preset.random_weights},
                                       queue=queue_for(preset.name), on_listed=lambda n: progress.advance(listing, n))
         queued = progress.add_task("enqueue", total=None)
@@ -172,10 +174,28 @@ def resume(job: str = typer.Argument(..., help="Job name."), db: str | None = Db
     settings = make_settings(db_url=db, broker_url=broker)
     factory = _factory(settings)
     job_id = _job_id(factory, job)
+    _finish_listing(factory, job, settings)
     set_state(factory, job_id, JobState.RUNNING)
     n = enqueue_pending(factory, job_id, settings.broker_url.get_secret_value(), chunk_size=settings.chunk_size,
                         older_than_s=0)
     console.print(f"job {job} resumed: {n} items enqueued")
+
+
+def _finish_listing(factory: Any, name: str, settings: Any) -> None:
+    """Continue a listing that an interrupted ``submit`` left unfinished."""
+    from labelfleet.db.repository import get_job
+    from labelfleet.storage import open_source
+    from orchestrator.jobs import prepare_job
+
+    with factory() as s:
+        job = get_job(s, name)
+        if job.listing_done:
+            return
+        config, models, queue, uri = dict(job.config), dict(job.models), job.queue, job.source
+    src = open_source(uri, include=config.get("include", []), exclude=config.get("exclude", []),
+                      s3_endpoint_url=config.get("s3_endpoint_url") or settings.s3_endpoint_url)
+    prepare_job(factory, name=name, source=src, config=config, models=models, queue=queue)
+    console.print(f"job {name}: listing of {uri} finished")
 
 
 def retry_failed_cmd(job: str = typer.Argument(..., help="Job name."), db: str | None = DbOpt,

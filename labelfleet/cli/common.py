@@ -38,12 +38,14 @@ def global_options(
 ) -> None:
     """Auto-label image datasets with zero-shot models."""
     level = logging.WARNING - 10 * min(verbose, 2)
+    settings = Settings()
+    if not verbose and settings.log_level:  # LABELFLEET_LOG_LEVEL applies when no -v is given
+        level = logging.getLevelName(settings.log_level.upper())
     if verbose == 0:  # third-party deprecation noise (timm, torch, transformers) hides the progress bar
         for category in (FutureWarning, DeprecationWarning, UserWarning):
             warnings.filterwarnings("ignore", category=category)
     from labelfleet.logs import configure_logging
 
-    settings = Settings()
     if settings.log_json:
         configure_logging(level, as_json=True)
     else:

@@ -49,10 +49,12 @@ def pipeline_config(settings: Any, classes: str | None, extra_classes: str | Non
     return config
 
 
-def job_config(preset: Preset, pipeline_config: Any) -> dict[str, Any]:
-    """What defines a job: the models chosen and the pipeline settings (compared on re-runs)."""
+def job_config(preset: Preset, pipeline_config: Any, *, include: list[str], exclude: list[str],
+               s3_endpoint_url: str | None) -> dict[str, Any]:
+    """What defines a job (compared on re-runs): models, pipeline settings and how the source is read."""
     return {"preset": preset.name, "tagger": preset.tagger if pipeline_config.automatic else None,
-            "detector": preset.detector, "segmenter": preset.segmenter, **pipeline_config.to_json()}
+            "detector": preset.detector, "segmenter": preset.segmenter, "include": list(include),
+            "exclude": list(exclude), "s3_endpoint_url": s3_endpoint_url, **pipeline_config.to_json()}
 
 
 def label(
@@ -128,7 +130,8 @@ def _run(engine: Any, settings: Any, src: Any, name: str, preset: Preset, config
     from workers.processing import ItemProcessor
 
     factory = session_factory(engine)
-    cfg = job_config(preset, config)
+    cfg = job_config(preset, config, include=src.key_filter.include, exclude=src.key_filter.exclude,
+                     s3_endpoint_url=settings.s3_endpoint_url if src.uri.startswith("s3://") else None)
     with factory() as s:  # fail before loading models if the job exists with other settings
         existing = s.scalar(select(Job).where(Job.name == name))
         if existing is not None:

@@ -56,6 +56,9 @@ def get_or_create_job(session: Session, name: str, source: str, config: dict[str
     if job.source != source:
         raise ConfigError(f"job {name!r} already exists for source {job.source!r}, not {source!r}; "
                           "pick another --job name")
+    if job.queue != queue:
+        kind = "a local job (labelfleet label)" if job.queue is None else f"a cluster job (queue {job.queue})"
+        raise ConfigError(f"job {name!r} is {kind}; continue it the same way or pick another --job name")
     if job.config != config:
         diff = sorted(k for k in set(job.config) | set(config) if job.config.get(k) != config.get(k))
         raise ConfigError(f"job {name!r} already exists with different settings ({', '.join(diff)}); "

@@ -7,7 +7,9 @@ against its pinned sha256 before it is renamed into place.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import http.client
 import logging
 import os
 import urllib.error
@@ -55,37 +57,58 @@ def _open(url: str, offset: int, timeout: float) -> tuple[object, int]:
 def download(mf: ModelFile, dest: Path, *, progress: ProgressFn | None = None, timeout: float = 30.0) -> Path:
     """Download ``mf`` to ``dest`` (resuming ``dest.part``), verify sha256, return ``dest``.
 
-    Raises :class:`ModelUnavailableError` when offline or the server fails,
-    :class:`ChecksumError` when the bytes do not match the pinned hash
-    (the bad file is removed so the next try starts clean).
+    Several processes may call this for the same file at once (workers sharing
+    a model volume): an exclusive lock on ``dest.lock`` makes them take turns,
+    and the later ones find the finished file.
+
+    Raises :class:`ModelUnavailableError` when offline, the server fails or the
+    transfer stops early (the partial file is kept for the next try), and
+    :class:`ChecksumError` when the bytes do not match the pinned hash (the
+    bad file is removed so the next try starts clean).
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    with open(dest.with_name(dest.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if dest.exists() and dest.stat().st_size == mf.size:
+            return dest
+        part = dest.with_name(dest.name + ".part")
+        if not part.exists() or part.stat().st_size < mf.size:
+            _fetch(mf, dest, part, progress, timeout)
+        digest = sha256_file(part)
+        if digest != mf.sha256:
+            part.unlink(missing_ok=True)
+            raise ChecksumError(f"{mf.filename}: sha256 {digest} does not match the pinned {mf.sha256}; "
+                                "the partial file was removed, run the command again")
+        os.replace(part, dest)
+    return dest
+
+
+def _fetch(mf: ModelFile, dest: Path, part: Path, progress: ProgressFn | None, timeout: float) -> None:
+    """Append the missing bytes to ``part`` (HTTP Range); a server that ignores Range restarts the file."""
     offset = part.stat().st_size if part.exists() else 0
     try:
         resp, offset = _open(mf.url, offset, timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416:  # our partial file is longer than the server's: start again
+            part.unlink(missing_ok=True)
+        raise ModelUnavailableError(missing_message(mf, dest, f"{mf.url} answered HTTP {exc.code}")) from exc
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise ModelUnavailableError(missing_message(mf, dest, f"cannot reach {mf.url} ({exc})")) from exc
     logger.info("downloading %s to %s (resume at %d bytes)", mf.url, dest, offset)
-    mode = "ab" if offset else "wb"
     done = offset
     try:
-        with resp, open(part, mode) as out:  # type: ignore[attr-defined]
+        with resp, open(part, "ab" if offset else "wb") as out:  # type: ignore[attr-defined]
             while block := resp.read(CHUNK):  # type: ignore[attr-defined]
                 out.write(block)
                 done += len(block)
                 if progress:
                     progress(done, mf.size)
-    except OSError as exc:
-        raise ModelUnavailableError(missing_message(mf, dest, f"download interrupted at {done} bytes ({exc}); "
-                                                    "run the command again to resume")) from exc
-    digest = sha256_file(part)
-    if digest != mf.sha256:
-        part.unlink(missing_ok=True)
-        raise ChecksumError(f"{mf.filename}: sha256 {digest} does not match the pinned {mf.sha256}; "
-                            "the partial file was removed, run the command again")
-    os.replace(part, dest)
-    return dest
+    except (OSError, http.client.HTTPException) as exc:
+        raise ModelUnavailableError(missing_message(
+            mf, dest, f"download interrupted at {done:,} bytes ({exc}); run the command again to resume")) from exc
+    if done < mf.size:
+        raise ModelUnavailableError(missing_message(
+            mf, dest, f"download stopped at {done:,} of {mf.size:,} bytes; run the command again to resume"))
 
 
 def verify(mf: ModelFile, path: Path) -> str | None:

@@ -23,6 +23,7 @@ class Source(Protocol):
     """
 
     uri: str
+    key_filter: KeyFilter
 
     def list(self, start_after: str | None = None) -> Iterator[ImageRef]: ...
 

@@ -48,7 +48,8 @@ class LocalSource:
             yield ImageRef(source_uri=self.uri, key=key, size=size)
 
     def local_path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
+        """``root / key``; keys that climb out with ``..`` are refused (symlinked images are fine)."""
+        path = Path(os.path.normpath(self.root / key))
         if self.root not in path.parents:
             raise PermanentError(f"key {key!r} points outside the source folder")
         return path

@@ -9,6 +9,7 @@ order, so ``start_after`` resumes an interrupted listing.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,17 +45,20 @@ class S3Source:
         self.uri = f"s3://{self.bucket}/{self.prefix}"
         self.key_filter = key_filter or KeyFilter()
         self._client = client
+        self._lock = threading.Lock()
         self.endpoint_url = endpoint_url
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            import boto3
-            from botocore.config import Config
+        with self._lock:  # boto3's default session is not thread-safe; decode threads share this client
+            if self._client is None:
+                import boto3
+                from botocore.config import Config
 
-            cfg = Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=10, read_timeout=60)
-            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, config=cfg)
-        return self._client
+                cfg = Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=10, read_timeout=60,
+                             max_pool_connections=32)
+                self._client = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=cfg)
+            return self._client
 
     def list(self, start_after: str | None = None) -> Iterator[ImageRef]:
         """Yield image refs page by page in key order, after ``start_after`` (a relative key)."""
