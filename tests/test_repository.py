@@ -146,3 +146,9 @@ def test_crash_release_counts_the_attempt_and_poisons(factory) -> None:  # type:
         rows = s.execute(select(Item.status, Item.attempts, Item.error, Item.enqueued_at)).all()
     assert {r.status for r in rows} == {ItemStatus.POISON}
     assert all(r.attempts == 3 and r.error == "gave up after 3 attempts: SoftTimeLimitExceeded" for r in rows)
+
+
+def test_local_and_cluster_jobs_do_not_mix(factory) -> None:  # type: ignore[no-untyped-def]
+    _job(factory, 1)  # a local job (no queue)
+    with factory() as s, pytest.raises(ConfigError, match=r"job 'j' is a local job \(labelfleet label\)"):
+        repo.get_or_create_job(s, "j", "/src", {"a": 1}, {}, queue="lf.default")
