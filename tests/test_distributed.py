@@ -113,11 +113,13 @@ def _bucket(endpoint: str, name: str, keys: list[str], extra: dict[str, bytes] |
 class Cluster:
     """Workers and a sweeper as subprocesses, sharing one environment."""
 
-    def __init__(self, db: str, broker: str, s3: str, model_dir: Path, lease: int = 20) -> None:
+    def __init__(self, db: str, broker: str, s3: str, model_dir: Path, lease: int = 60) -> None:
         self.env = {**os.environ, "LABELFLEET_DB_URL": db, "LABELFLEET_BROKER_URL": broker,
                     "LABELFLEET_S3_ENDPOINT_URL": s3, "LABELFLEET_MODEL_DIR": str(model_dir),
                     "LABELFLEET_DEVICE": "cpu", "LABELFLEET_MODELS": "tiny-random", "LABELFLEET_LEASE_SECONDS":
-                    str(lease), "LABELFLEET_CHUNK_SIZE": "8", "LABELFLEET_BATCH_SIZE": "4", "OMP_NUM_THREADS": "1",
+                    str(lease), "LABELFLEET_TASK_HARD_TIME_LIMIT": str(lease - 2),
+                    "LABELFLEET_TASK_SOFT_TIME_LIMIT": str(lease - 5), "LABELFLEET_CHUNK_SIZE": "4",
+                    "LABELFLEET_BATCH_SIZE": "4", "OMP_NUM_THREADS": "1",
                     "HF_HUB_OFFLINE": "1"}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.db = db
@@ -190,7 +192,7 @@ def cluster_factory(pg_url: str, s3_endpoint: str, model_dir: Path) -> Iterator[
         resolve_model(key, stage, settings)
     made: list[Cluster] = []
 
-    def make(broker: str, lease: int = 20) -> Cluster:
+    def make(broker: str, lease: int = 60) -> Cluster:
         c = Cluster(pg_url, broker, s3_endpoint, model_dir, lease)
         made.append(c)
         return c
@@ -253,7 +255,7 @@ def test_listing_over_1000_keys_resumes_and_is_idempotent(cluster_factory: Any, 
 
 def test_kill_9_worker_mid_job(cluster_factory: Any, s3_endpoint: str, redis_server: RedisServer) -> None:
     _bucket(s3_endpoint, "kill-nine", [f"{i:03d}.jpg" for i in range(60)])
-    c = cluster_factory(redis_server.url, lease=10)
+    c = cluster_factory(redis_server.url, lease=20)
     c.cli("submit", "s3://kill-nine", "--job", "k9", "--classes", "cat,dog", "--no-masks")
     victim = c.worker("victim")
     c.worker("survivor")
@@ -268,7 +270,7 @@ def test_kill_9_worker_mid_job(cluster_factory: Any, s3_endpoint: str, redis_ser
 def test_redis_restart_loses_queue_job_still_finishes(cluster_factory: Any, s3_endpoint: str,
                                                       redis_server: RedisServer) -> None:
     _bucket(s3_endpoint, "redis-restart", [f"{i:03d}.jpg" for i in range(60)])
-    c = cluster_factory(redis_server.url, lease=10)
+    c = cluster_factory(redis_server.url, lease=20)
     c.cli("submit", "s3://redis-restart", "--job", "rr", "--classes", "cat,dog", "--no-masks")
     c.worker("w1")
     c.sweeper()
@@ -285,7 +287,7 @@ def test_postgres_restart_mid_job(cluster_factory: Any, s3_endpoint: str, redis_
     if not CI and os.environ.get("LABELFLEET_TEST_RESTART_PG") != "1":
         pytest.skip("restarts the machine's PostgreSQL: runs in CI or with LABELFLEET_TEST_RESTART_PG=1")
     _bucket(s3_endpoint, "pg-restart", [f"{i:03d}.jpg" for i in range(60)])
-    c = cluster_factory(redis_server.url, lease=10)
+    c = cluster_factory(redis_server.url, lease=20)
     c.cli("submit", "s3://pg-restart", "--job", "pg", "--classes", "cat,dog", "--no-masks")
     c.worker("w1")
     c.sweeper()
