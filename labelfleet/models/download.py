@@ -41,7 +41,8 @@ def missing_message(mf: ModelFile, dest: Path, reason: str) -> str:
         f"model file {mf.filename} is not available: {reason}.\n"
         f"  Download it from {mf.url}\n"
         f"  and put it at {dest}\n"
-        f"  (size {mf.size:,} bytes, sha256 {mf.sha256}), or run `labelfleet models fetch` with internet access."
+        f"  (size {mf.size:,} bytes, sha256 {mf.sha256}), or run `labelfleet models fetch` with internet access.\n"
+        "  To try labelfleet without any download: --models tiny-random (random weights, meaningless labels)."
     )
 
 
