@@ -2,36 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-from labelfleet.types import ImageRef
+from labelfleet.storage.s3 import S3Source
 from orchestrator.review.media import MediaCache, safe_name
 
 
-class FakeRemote:
-    """A remote-like Source: no local paths, counts reads."""
+class CountingS3(S3Source):
+    """The real S3 source (moto server on loopback) that also counts its reads."""
 
-    uri = "s3://bucket/prefix"
-
-    def __init__(self) -> None:
+    def __init__(self, uri: str, endpoint: str) -> None:
+        super().__init__(uri, endpoint_url=endpoint)
         self.reads: list[str] = []
-
-    def list(self, start_after: str | None = None) -> Iterator[ImageRef]:
-        return iter(())
 
     def read(self, key: str) -> bytes:
         self.reads.append(key)
-        return b"img:" + key.encode()
-
-    def local_path(self, key: str) -> Path | None:
-        return None
+        return super().read(key)
 
 
-def test_remote_keys_are_cached_safely_and_once(tmp_path: Path) -> None:
-    src = FakeRemote()
-    cache = MediaCache(src, tmp_path, "../evil job")
+def test_remote_keys_are_cached_safely_and_once(tmp_path: Path, s3_endpoint: str) -> None:
+    import boto3
+
     keys = ["a/b.jpg", "../../etc/passwd", "x/../../y z.png", ".hidden.jpg", "a/b.jpg"]
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="media-cache")
+    for key in keys:
+        s3.put_object(Bucket="media-cache", Key="prefix/" + key, Body=b"img:" + key.encode())
+    src = CountingS3("s3://media-cache/prefix", s3_endpoint)
+    cache = MediaCache(src, tmp_path, "../evil job")
     paths = [cache.path(k) for k in keys]
     root = (tmp_path / "media").resolve()
     assert all(p.parent == cache.folder and root in p.parents for p in paths)
