@@ -6,7 +6,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from labelfleet.db import migrate
 from labelfleet.db import repository as repo
@@ -64,4 +64,35 @@ def test_sweep_enqueues_expires_and_finishes(db_url: str, broker: str) -> None:
     with factory() as s:
         job = s.get(Job, job_id)
         assert job is not None and job.state == "done" and job.finished_at is not None
+    engine.dispose()
+
+
+def test_resume_finishes_an_interrupted_listing(tmp_path, db_url: str, broker: str) -> None:  # type: ignore[no-untyped-def]
+    import redis
+    from typer.testing import CliRunner
+
+    from labelfleet.cli import app
+    from labelfleet.storage import open_source
+    from tests.imagegen import write_scenes
+
+    write_scenes(tmp_path / "imgs", 6)
+    engine = make_engine(db_url)
+    migrate.upgrade(engine)
+    factory = session_factory(engine)
+    queue = f"lf.test-{uuid.uuid4().hex[:6]}"
+    src = open_source(str(tmp_path / "imgs"))
+    with factory() as s:  # a submit that died after listing three keys
+        job, _ = repo.get_or_create_job(s, "half", src.uri, {"include": [], "exclude": []}, {}, queue=queue)
+        s.commit()
+        refs = list(src.list())[:3]
+        repo.add_items(s, job, iter(refs))
+        job.listing_done = False
+        s.commit()
+    result = CliRunner().invoke(app, ["resume", "half", "--db", db_url, "--broker", broker])
+    assert result.exit_code == 0, result.output
+    assert "listing of" in result.output and "6 items enqueued" in result.output
+    with factory() as s:
+        job = repo.get_job(s, "half")
+        assert job.listing_done and len(s.scalars(select(Item.id).where(Item.job_id == job.id)).all()) == 6
+    assert redis.Redis.from_url(broker).llen(queue) >= 1
     engine.dispose()
