@@ -152,3 +152,19 @@ def test_local_and_cluster_jobs_do_not_mix(factory) -> None:  # type: ignore[no-
     _job(factory, 1)  # a local job (no queue)
     with factory() as s, pytest.raises(ConfigError, match=r"job 'j' is a local job \(labelfleet label\)"):
         repo.get_or_create_job(s, "j", "/src", {"a": 1}, {}, queue="lf.default")
+
+
+def test_final_failure_on_relabel_drops_stale_machine_labels(factory) -> None:  # type: ignore[no-untyped-def]
+    job_id = _job(factory, 1)
+    det = {"x0": 0.0, "y0": 0.0, "x1": 1.0, "y1": 1.0, "score": 0.5, "class_name": "cat", "phrase": "cat",
+           "tag": None, "mask": None, "area": None}
+    with factory() as s:
+        (item_id,) = repo.claim_items(s, job_id, "W", limit=1, lease_seconds=60)
+        repo.finish_item(s, item_id, "W", repo.LabelRows(tags=[("cat", 0.9)], detections=[det, det]), facts={})
+        s.execute(update(Detection).where(Detection.idx == 0).values(review_status="accepted"))
+        s.commit()
+        repo.reset_for_relabel(s, job_id)
+        (item_id,) = repo.claim_items(s, job_id, "W", limit=1, lease_seconds=60)
+        assert repo.end_item(s, item_id, "W", ItemStatus.SKIPPED, "object no longer exists")
+        assert s.scalar(select(func.count()).select_from(ItemTag)) == 0
+        assert s.scalars(select(Detection.review_status)).all() == ["accepted"]

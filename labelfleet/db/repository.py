@@ -211,7 +211,12 @@ def finish_item(session: Session, item_id: int, owner: str, labels: LabelRows, *
 
 def end_item(session: Session, item_id: int, owner: str, status: ItemStatus, error: str,
              facts: dict[str, Any] | None = None) -> bool:
-    """Record a final non-done status (failed/skipped/poison) with its reason, or put it back to pending."""
+    """Record a final non-done status (failed/skipped/poison) with its reason, or put it back to pending.
+
+    A final failure also removes the item's earlier machine labels (a re-label
+    of an image that is now unreadable must not leave stale labels behind);
+    labels a person reviewed stay.
+    """
     values: dict[str, Any] = {"status": status, "error": error[:4000], "lease_owner": None,
                               "lease_expires_at": None, **(facts or {})}
     if status in FINAL_STATUSES:
@@ -220,6 +225,9 @@ def end_item(session: Session, item_id: int, owner: str, status: ItemStatus, err
         values["enqueued_at"] = None
     stmt = update(Item).where(Item.id == item_id, Item.lease_owner == owner).values(**values)
     ok = rowcount(session.execute(stmt)) == 1
+    if ok and status in FINAL_STATUSES:
+        session.execute(delete(ItemTag).where(ItemTag.item_id == item_id))
+        session.execute(delete(Detection).where(Detection.item_id == item_id, Detection.review_status.is_(None)))
     session.commit()
     return ok
 
