@@ -61,3 +61,23 @@ class ModelUnavailableError(ConfigError):
 
 class ChecksumError(PermanentError):
     """Raised when a downloaded file does not match its pinned sha256."""
+
+
+class InfrastructureError(LabelfleetError):
+    """Raised when the worker's environment failed, not the item (database, broker, device, model files).
+
+    Items affected by an infrastructure error are given back without counting
+    the attempt: retrying them elsewhere (or later) is expected to succeed.
+    """
+
+
+class DatabaseUnavailable(InfrastructureError):
+    """Raised when the label database cannot be reached; the task is retried, no item is charged."""
+
+
+class WorkerUnhealthy(InfrastructureError):
+    """Raised when this worker can no longer label anything (models do not load, the device faulted).
+
+    The worker gives its items back uncharged, reports unhealthy, stops
+    consuming and exits non-zero so its supervisor restarts or replaces it.
+    """

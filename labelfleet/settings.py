@@ -37,13 +37,16 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(100_000_000, ge=1, description="Larger images fail as decompression bombs")
 
     overwrite_reviewed: bool = Field(False, description="Re-labelling replaces labels a person reviewed too")
-    lease_seconds: int = Field(2400, ge=10, description="How long a claimed item stays leased")
+    lease_seconds: int = Field(60, ge=10, description="Lease TTL of a claimed item; the worker renews it every "
+                               "TTL/4 while it works, so a dead worker's items are free again within one TTL")
     max_attempts: int = Field(3, ge=1, description="Retryable failures before an item is poison")
     task_soft_time_limit: int = Field(1500, ge=1)
     task_hard_time_limit: int = Field(1800, ge=1)
     chunk_size: int = Field(32, ge=1, description="Items per Celery task")
     log_level: str | None = Field(None, description="Log level; unset = WARNING for CLI commands, INFO for workers")
     log_json: bool = False
+    health_dir: Path = Field(Path("/tmp/labelfleet-health"), description="Where a worker writes `ready` (models "
+                             "loaded) and touches `alive` (at least every 30 s while healthy)")
 
     @field_validator("device")
     @classmethod
@@ -54,10 +57,7 @@ class Settings(BaseSettings):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
 
     @model_validator(mode="after")
-    def _lease_outlives_tasks(self) -> Settings:
-        if self.lease_seconds <= self.task_hard_time_limit:
-            raise ValueError(f"lease_seconds ({self.lease_seconds}) must be above task_hard_time_limit "
-                             f"({self.task_hard_time_limit}), or leases expire while tasks still run")
+    def _check_time_limits(self) -> Settings:
         if self.task_soft_time_limit >= self.task_hard_time_limit:
             raise ValueError("task_soft_time_limit must be below task_hard_time_limit")
         return self

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import String, exists, func, literal, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from labelfleet.db.models import Item, ItemStatus, Job, JobState
@@ -37,12 +37,13 @@ def expire_leases(session: Session, job_id: int, max_attempts: int) -> tuple[int
     """Running items whose lease expired: back to pending, or poison after ``max_attempts``."""
     now = utcnow()
     expired = (Item.job_id == job_id) & (Item.status == ItemStatus.RUNNING) & (Item.lease_expires_at < now)
+    gave_up = literal(f"gave up after {max_attempts} attempts, the last one's worker died (its lease expired); "
+                      "last error: ", String) + func.coalesce(Item.error, "none recorded")
     poison = rowcount(session.execute(update(Item).where(expired, Item.attempts >= max_attempts).values(
-        status=ItemStatus.POISON, lease_owner=None, lease_expires_at=None, finished_at=now,
-        error=f"lease expired {max_attempts} times: the worker died or exceeded the time limit")))
+        status=ItemStatus.POISON, lease_owner=None, lease_expires_at=None, finished_at=now, error=gave_up)))
     back = rowcount(session.execute(update(Item).where(expired).values(
         status=ItemStatus.PENDING, lease_owner=None, lease_expires_at=None, enqueued_at=None,
-        error="lease expired (worker lost); requeued")))
+        error=func.coalesce(Item.error, "lease expired (worker lost); requeued"))))  # keep the last real error
     session.commit()
     return back, poison
 

@@ -133,6 +133,7 @@ def resolve_model(key: str, stage: str, settings: Settings, *, checkpoint: Path 
             raise ConfigError(f"--{stage}-checkpoint {checkpoint} does not exist")
         res.files["checkpoint"] = checkpoint
         res.origin = "local"
+        res.checkpoint_sha256 = None  # the file actually loaded, never the official one it replaces
     if res.checkpoint_sha256 is None and "checkpoint" in res.files:
         res.checkpoint_sha256 = sha256_file(res.files["checkpoint"])
     return res

@@ -4,6 +4,13 @@ Reading and decoding run in a thread pool ahead of the models, so I/O
 overlaps compute. Every item ends in exactly one recorded outcome: done
 (labels written in the same transaction), failed / skipped (with the reason),
 back to pending (retryable error, attempt counted) or poison (too many attempts).
+
+Errors are classified (see :func:`infrastructure_error`): item errors (a bad
+image, a vanished object) are recorded on the item; infrastructure errors
+(database outage, device fault) are raised as
+:class:`~labelfleet.errors.InfrastructureError` without touching the item, so
+the caller can give the items back uncharged. Out-of-memory retries the batch
+in halves first. Celery's soft time limit is never swallowed.
 """
 
 from __future__ import annotations
@@ -17,12 +24,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from labelfleet.db import repository as repo
 from labelfleet.db.models import Item, ItemStatus
-from labelfleet.errors import ItemSkipped, LabelfleetError, PermanentError, RetryableError
+from labelfleet.errors import (
+    DatabaseUnavailable,
+    InfrastructureError,
+    ItemSkipped,
+    LabelfleetError,
+    PermanentError,
+    RetryableError,
+    WorkerUnhealthy,
+)
 from labelfleet.images import DecodedImage, decode_image
 from labelfleet.masks import encode_rle
 from labelfleet.settings import Settings
@@ -30,6 +45,55 @@ from labelfleet.storage.base import Source
 from workers.pipeline import ImageLabels, Pipeline
 
 logger = logging.getLogger(__name__)
+
+
+def _time_limit_errors() -> tuple[type[BaseException], ...]:
+    try:  # Celery's SoftTimeLimitExceeded is billiard's (absent in a local-only install)
+        from billiard.exceptions import SoftTimeLimitExceeded
+    except ImportError:  # pragma: no cover
+        return ()
+    return (SoftTimeLimitExceeded,)
+
+
+#: Exceptions that interrupt the work (never recorded as an item error): the soft time limit.
+TIME_LIMIT_ERRORS = _time_limit_errors()
+#: Text of device/driver faults after which this process's accelerator cannot be trusted.
+_DEVICE_FAULTS = ("cuda error", "cublas_status", "cudnn_status", "cudnn error", "device-side assert",
+                  "illegal memory access", "nccl error", "cuda driver", "no cuda gpus are available",
+                  "cuda-capable device", "hip error", "ecc error")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for device (``torch.OutOfMemoryError``, "CUDA out of memory") and host out-of-memory errors."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def is_device_fault(exc: BaseException) -> bool:
+    """True for CUDA/driver faults (``torch.AcceleratorError``, "CUDA error: ...") other than out-of-memory."""
+    if is_out_of_memory(exc):
+        return False
+    if type(exc).__name__ == "AcceleratorError":
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _DEVICE_FAULTS)
+
+
+def infrastructure_error(exc: BaseException) -> InfrastructureError | None:
+    """``exc`` as an :class:`InfrastructureError` when the environment failed, not the item; else ``None``.
+
+    Database errors -> :class:`DatabaseUnavailable`; device faults -> :class:`WorkerUnhealthy`.
+    """
+    if isinstance(exc, InfrastructureError):
+        return exc
+    if isinstance(exc, DBAPIError) and (isinstance(exc, OperationalError | InterfaceError)
+                                        or exc.connection_invalidated):
+        orig = exc.orig or exc
+        first = (str(orig).strip().splitlines() or [""])[0]
+        return DatabaseUnavailable(f"database unavailable: {type(orig).__name__}: {first[:300]}")
+    if is_device_fault(exc):
+        return WorkerUnhealthy(f"device fault: {type(exc).__name__}: {str(exc).strip()[:300]}")
+    return None
 
 
 @dataclass
@@ -82,6 +146,9 @@ class ItemProcessor:
         self.owner = owner
         self.source = source
         self.on_item = on_item
+        self.batch_size = settings.batch_size  # halved for good after an out-of-memory error
+        self.in_progress: list[int] = []  # ids of the batch in the models right now (charged on a time limit)
+        self._read_facts: dict[str, dict[str, Any]] = {}  # key -> facts of the bytes actually read (etag)
         self.pool = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="decode")
 
     def close(self) -> None:
@@ -89,25 +156,35 @@ class ItemProcessor:
 
     def _load(self, key: str) -> tuple[DecodedImage, float]:
         t0 = time.perf_counter()
-        data = self.source.read(key)
+        versioned = getattr(self.source, "read_versioned", None)  # S3: the bytes and the ETag they came with
+        if versioned is not None:
+            data, etag = versioned(key)
+            self._read_facts[key] = {"etag": etag}
+        else:
+            data = self.source.read(key)
         decoded = decode_image(data, max_pixels=self.settings.max_image_pixels)
         return decoded, time.perf_counter() - t0
 
     def process(self, item_ids: Sequence[int]) -> ProcessStats:
         """Process items this processor has already leased (see ``repository.claim_items``)."""
         stats = ProcessStats()
-        with self.factory() as s:
-            rows = [_Row(i, k, a) for i, k, a in s.execute(
-                select(Item.id, Item.key, Item.attempts).where(Item.id.in_(list(item_ids))).order_by(Item.id))]
+        try:
+            with self.factory() as s:
+                rows = [_Row(i, k, a) for i, k, a in s.execute(
+                    select(Item.id, Item.key, Item.attempts).where(Item.id.in_(list(item_ids))).order_by(Item.id))]
+        except (OperationalError, InterfaceError) as exc:
+            raise _as_infra(exc) from exc
         batch: list[tuple[_Row, DecodedImage, float]] = []
         for row, fut in self._read_ahead(rows):
             try:
                 decoded, t_read = fut.result()
+            except TIME_LIMIT_ERRORS:
+                raise
             except Exception as exc:
                 self._record_error(row, exc, stats)
                 continue
             batch.append((row, decoded, t_read))
-            if len(batch) >= self.settings.batch_size:
+            if len(batch) >= self.batch_size:
                 self._run_batch(batch, stats)
                 batch = []
         if batch:
@@ -133,9 +210,18 @@ class ItemProcessor:
                 pending.append((nxt, self.pool.submit(self._load, nxt.key)))
 
     def _run_batch(self, batch: list[tuple[_Row, DecodedImage, float]], stats: ProcessStats) -> None:
+        self.in_progress = [row.id for row, _, _ in batch]
         try:
             results = self.pipeline.run([d.array for _, d, _ in batch])
+        except TIME_LIMIT_ERRORS:
+            raise
         except Exception as exc:
+            infra = infrastructure_error(exc)
+            if infra is not None:
+                raise infra from exc
+            if is_out_of_memory(exc):
+                self._retry_smaller(batch, exc, stats)
+                return
             if len(batch) == 1:
                 self._record_error(batch[0][0], PermanentError(f"model error: {type(exc).__name__}: {exc}"), stats)
                 logger.exception("item %s: pipeline failed", batch[0][0].id)
@@ -147,10 +233,31 @@ class ItemProcessor:
         for (row, decoded, t_read), labels in zip(batch, results, strict=True):
             try:
                 self._write(row, decoded, t_read, labels, stats)
-            except (OperationalError, InterfaceError):
-                raise  # the database is down: the task retries, leases expire, nothing is lost
+            except (OperationalError, InterfaceError) as exc:
+                raise _as_infra(exc) from exc  # the database is down: items go back uncharged, the task retries
+            except TIME_LIMIT_ERRORS:
+                raise
             except Exception as exc:
                 self._record_error(row, exc, stats)
+        self.in_progress = []
+
+    def _retry_smaller(self, batch: list[tuple[_Row, DecodedImage, float]], exc: BaseException,
+                       stats: ProcessStats) -> None:
+        """Out of memory: run the batch again in halves (and keep the smaller size); one image: retry later."""
+        from workers.models import free_accelerator_memory
+
+        free_accelerator_memory()
+        if len(batch) == 1:
+            row = batch[0][0]
+            self._record_error(row, RetryableError(f"out of memory on this image alone even after freeing memory "
+                                                   f"({type(exc).__name__}: {str(exc)[:200]})"), stats)
+            return
+        half = (len(batch) + 1) // 2
+        self.batch_size = min(self.batch_size, half)
+        logger.warning("out of memory on a batch of %d images (%s); retrying as batches of %d", len(batch),
+                       type(exc).__name__, half, extra={"worker": self.owner})
+        self._run_batch(batch[:half], stats)
+        self._run_batch(batch[half:], stats)
 
     def _write(self, row: _Row, decoded: DecodedImage, t_read: float, labels: ImageLabels,
                stats: ProcessStats) -> None:
@@ -159,6 +266,7 @@ class ItemProcessor:
         timings = {"read_decode": round(t_read, 6), **{k: round(v, 6) for k, v in labels.timings.items()}}
         facts: dict[str, Any] = {"sha256": decoded.sha256, "size": decoded.size, "width": decoded.width,
                                  "height": decoded.height, "timings": timings}
+        facts.update(self._read_facts.pop(row.key, {}))  # the ETag of the bytes labelled (issue 10)
         with self.factory() as s:
             timings["write"] = round(time.perf_counter() - t0, 6)
             ok = repo.finish_item(s, row.id, self.owner, rows, facts=facts,
@@ -176,8 +284,11 @@ class ItemProcessor:
             logger.error("item %s (%s): unexpected %s", row.id, row.key, reason, exc_info=exc, extra=ctx)
         else:
             logger.info("item %s (%s): %s: %s", row.id, row.key, status, reason, extra=ctx)
-        with self.factory() as s:
-            ok = repo.end_item(s, row.id, self.owner, status, reason)
+        try:
+            with self.factory() as s:
+                ok = repo.end_item(s, row.id, self.owner, status, reason)
+        except (OperationalError, InterfaceError) as db_exc:
+            raise _as_infra(db_exc) from db_exc
         if ok:
             stats.add(status)
             self._notify(status)
@@ -187,6 +298,11 @@ class ItemProcessor:
     def _notify(self, status: str) -> None:
         if self.on_item is not None:
             self.on_item(status)
+
+
+def _as_infra(exc: BaseException) -> InfrastructureError:
+    infra = infrastructure_error(exc)
+    return infra if infra is not None else DatabaseUnavailable(f"database error: {type(exc).__name__}")
 
 
 def classify_error(exc: BaseException, attempts: int, max_attempts: int) -> tuple[ItemStatus, str]:

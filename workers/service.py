@@ -2,6 +2,12 @@
 
 Per worker process, one :class:`WorkerContext` caches the database engine,
 the loaded pipelines (one per distinct job configuration) and the sources.
+
+Worker health is kept apart from item health: a worker whose models cannot
+load or whose device faulted gives its items back *uncharged*, reports itself
+unhealthy (:meth:`WorkerContext.report_unhealthy`) and takes no more work.
+While a chunk is processed a :class:`LeaseKeeper` renews its leases, so a slow
+worker keeps its items and a dead one loses them within one lease TTL.
 """
 
 from __future__ import annotations
@@ -10,24 +16,29 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from labelfleet.db import repository as repo
 from labelfleet.db.engine import make_engine, session_factory
 from labelfleet.db.models import Item, Job, JobState
-from labelfleet.errors import LabelfleetError
-from labelfleet.models.catalog import get_preset
+from labelfleet.errors import InfrastructureError, LabelfleetError, WorkerUnhealthy
+from labelfleet.models.catalog import Preset, get_preset
 from labelfleet.pipeline_config import PipelineConfig
 from labelfleet.settings import Settings
 from labelfleet.storage import Source, open_source
+from workers import faults
 from workers.models import LoadedModels, build_stages, free_accelerator_memory, pipeline_from
 from workers.pipeline import Pipeline
-from workers.processing import ItemProcessor, classify_error
+from workers.processing import TIME_LIMIT_ERRORS, ItemProcessor, classify_error, infrastructure_error
 
 logger = logging.getLogger(__name__)
 #: Job-config keys that are not pipeline settings.
@@ -51,23 +62,60 @@ class WorkerContext:
         self._models: OrderedDict[tuple[str | None, str, str], LoadedModels] = OrderedDict()
         self._sources: dict[tuple[str, str | None], Source] = {}
         self._lock = threading.Lock()
+        self._provenance_recorded: set[int] = set()
+        #: Why this worker stopped taking work (None while healthy); see :meth:`report_unhealthy`.
+        self.unhealthy: str | None = None
+        #: Called once with the reason when the worker becomes unhealthy (the Celery layer stops the worker).
+        self.on_unhealthy: Callable[[str], None] | None = None
 
-    def pipeline_for(self, config: dict[str, Any]) -> Pipeline:
-        """A pipeline for a job configuration; its models are loaded on first use and shared."""
+    def report_unhealthy(self, reason: str) -> None:
+        """Mark this worker unhealthy (once): log one clear line and tell the supervisor layer."""
+        if self.unhealthy is not None:
+            return
+        self.unhealthy = reason
+        logger.error("worker unhealthy, it takes no more work and exits: %s", reason)
+        if self.on_unhealthy is not None:
+            self.on_unhealthy(reason)
+
+    def preload(self, preset_name: str) -> LoadedModels:
+        """Load every model of a preset (tagger included) now, e.g. at worker start, outside any time limit."""
+        return self._loaded(get_preset(preset_name), PipelineConfig())
+
+    def models_for(self, config: dict[str, Any]) -> tuple[LoadedModels, PipelineConfig]:
+        """The loaded models and pipeline settings of a job configuration.
+
+        A bad configuration raises :class:`~labelfleet.errors.ConfigError` (the
+        job's fault); models that cannot be loaded raise :class:`WorkerUnhealthy`.
+        """
         preset = get_preset(config["preset"]).with_overrides(
             tagger=config.get("tagger"), detector=config.get("detector"), segmenter=config.get("segmenter"))
         pcfg = PipelineConfig.from_json({k: v for k, v in config.items() if k not in _JOB_KEYS})
-        key = (preset.tagger if pcfg.automatic else None, preset.detector, preset.segmenter)
+        return self._loaded(preset, pcfg), pcfg
+
+    def _loaded(self, preset: Preset, pcfg: PipelineConfig) -> LoadedModels:
         with self._lock:
-            if key not in self._models:
+            key = next((k for k in reversed(self._models) if k[1:] == (preset.detector, preset.segmenter)
+                        and (not pcfg.automatic or k[0] == preset.tagger)), None)
+            if key is None:
+                key = (preset.tagger if pcfg.automatic else None, preset.detector, preset.segmenter)
                 while len(self._models) >= self.MAX_MODEL_SETS:
                     self._models.popitem(last=False)
                     free_accelerator_memory()
                 logger.info("loading models %s", key)
                 shared = dataclasses.replace(pcfg, tag_threshold=None)  # per-job thresholds go on copies
-                self._models[key] = build_stages(preset, self.settings, automatic=pcfg.automatic, config=shared)
+                try:
+                    self._models[key] = build_stages(preset, self.settings, automatic=pcfg.automatic,
+                                                     config=shared)
+                except Exception as exc:
+                    msg = exc.message if isinstance(exc, LabelfleetError) else f"{type(exc).__name__}: {exc}"
+                    raise WorkerUnhealthy(f"cannot load models {'/'.join(filter(None, key))}: {msg}") from exc
             self._models.move_to_end(key)
-            return pipeline_from(self._models[key], pcfg)
+            return self._models[key]
+
+    def pipeline_for(self, config: dict[str, Any]) -> Pipeline:
+        """A pipeline for a job configuration; its models are loaded on first use and shared."""
+        loaded, pcfg = self.models_for(config)
+        return faults.inject(pipeline_from(loaded, pcfg))  # faults: only with LABELFLEET_TEST_FAULT (tests)
 
     def source_for(self, uri: str, endpoint_url: str | None) -> Source:
         key = (uri, endpoint_url or self.settings.s3_endpoint_url)
@@ -105,43 +153,114 @@ def run_chunk(job_id: int, item_ids: list[int], *, hostname: str = "worker",
     """Claim the still-claimable ``item_ids`` of ``job_id``, label them, record every outcome.
 
     Returns counts by status (``{"done": 30, "failed": 2}``); a cancelled or
-    unknown job returns ``{}``. A model or source that cannot be loaded marks
-    the claimed items with the reason (so nothing waits silently); any other
-    exception gives the unfinished items back, the attempt counted, and
-    propagates (Celery retries database errors).
+    unknown job returns ``{}``. Errors:
+
+    * an item's own error (bad image, vanished object) is recorded on that item;
+    * a job configuration or source that cannot be used fails the claimed items with the reason;
+    * :class:`WorkerUnhealthy` (models do not load, device fault; also raised at once when this
+      worker is already unhealthy) and :class:`~labelfleet.errors.DatabaseUnavailable` give the
+      items back *without* counting the attempt, then propagate;
+    * Celery's soft time limit charges only the batch in the models, gives the rest back and returns;
+    * any other exception gives the items back, the attempt counted, and propagates.
     """
     ctx = ctx or context()
+    if ctx.unhealthy is not None:
+        raise WorkerUnhealthy(ctx.unhealthy)
     owner = f"{hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    with ctx.factory() as s:
-        job = s.get(Job, job_id)
-        if job is None or job.state == JobState.CANCELLED:
-            logger.info("job %s is gone or cancelled; dropping %d items", job_id, len(item_ids))
-            return {}
-        config, source_uri = dict(job.config), job.source
-        ids = repo.claim_items(s, job_id, owner, limit=len(item_ids), lease_seconds=ctx.settings.lease_seconds,
-                               item_ids=item_ids)
-    if not ids:
-        return {}
     try:
-        pipeline = ctx.pipeline_for(config)
+        claimed = _claim(ctx, job_id, item_ids, owner)
+    except (OperationalError, InterfaceError) as exc:
+        raise (infrastructure_error(exc) or exc) from exc
+    if claimed is None:
+        return {}
+    config, source_uri, ids = claimed
+    try:
+        loaded, pcfg = ctx.models_for(config)
+        pipeline = faults.inject(pipeline_from(loaded, pcfg))
         source = ctx.source_for(source_uri, config.get("s3_endpoint_url"))
+    except WorkerUnhealthy as exc:
+        _release(ctx, ids, owner, exc, charge=False)
+        ctx.report_unhealthy(exc.message)
+        raise
     except LabelfleetError as exc:
         return _fail_claimed(ctx, ids, owner, exc)
+    _record_provenance(ctx, job_id, loaded, pcfg.automatic)
     processor = ItemProcessor(ctx.factory, pipeline, ctx.settings, owner, source)
-    try:
-        stats = processor.process(ids)
-    except BaseException as exc:
-        _release(ctx, ids, owner, exc)
-        raise
-    finally:
-        processor.close()
+    with LeaseKeeper(ctx.factory, ids, owner, ctx.settings.lease_seconds):
+        try:
+            stats = processor.process(ids)
+        except TIME_LIMIT_ERRORS:
+            _release_after_time_limit(ctx, ids, owner, processor.in_progress)
+            return {}
+        except BaseException as exc:
+            infra = exc if isinstance(exc, InfrastructureError) else None
+            _release(ctx, ids, owner, exc, charge=infra is None and not isinstance(exc, KeyboardInterrupt | SystemExit))
+            if isinstance(exc, WorkerUnhealthy):
+                ctx.report_unhealthy(exc.message)
+            raise
+        finally:
+            processor.close()
     logger.info("job %s: chunk of %d -> %s", job_id, len(ids), stats.counts,
                 extra={"job_id": job_id, "worker": owner})
     return dict(stats.counts)
 
 
+def _claim(ctx: WorkerContext, job_id: int, item_ids: list[int], owner: str
+           ) -> tuple[dict[str, Any], str, list[int]] | None:
+    with ctx.factory() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.state == JobState.CANCELLED:
+            logger.info("job %s is gone or cancelled; dropping %d items", job_id, len(item_ids))
+            return None
+        config, source_uri = dict(job.config), job.source
+        ids = repo.claim_items(s, job_id, owner, limit=len(item_ids), lease_seconds=ctx.settings.lease_seconds,
+                               item_ids=item_ids)
+    return (config, source_uri, ids) if ids else None
+
+
+class LeaseKeeper:
+    """Heartbeat: renews the leases ``owner`` holds on ``ids`` every ``lease_seconds / 4`` until the block ends.
+
+    Renewal is conditional on the lease owner (:func:`repository.renew_leases`),
+    so items another worker took over are never taken back. A failed renewal
+    (database down) is retried every few seconds.
+    """
+
+    def __init__(self, factory: sessionmaker[Session], ids: Sequence[int], owner: str, lease_seconds: int,
+                 every_s: float | None = None) -> None:
+        self.factory, self.ids, self.owner, self.lease_seconds = factory, list(ids), owner, lease_seconds
+        self.every_s = every_s if every_s is not None else max(lease_seconds / 4, 1.0)
+        self.renewals = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lf-lease", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        wait = self.every_s
+        while not self._stop.wait(wait):
+            try:
+                with self.factory() as s:
+                    held = repo.renew_leases(s, self.ids, self.owner, lease_seconds=self.lease_seconds)
+            except Exception as exc:
+                logger.warning("cannot renew leases of %d items (%s); retrying", len(self.ids), type(exc).__name__)
+                wait = min(self.every_s, 2.0)
+                continue
+            self.renewals += 1
+            if held == 0:
+                return  # every item finished, released or taken over
+            wait = self.every_s
+
+
 def _fail_claimed(ctx: WorkerContext, ids: list[int], owner: str, exc: LabelfleetError) -> dict[str, int]:
-    """Record why a chunk could not even start (missing weights, unreadable source) on each item."""
+    """Record why a chunk could not even start (bad job configuration, unreadable source) on each item."""
     logger.error("cannot start chunk of %d items: %s", len(ids), exc.message)
     counts: dict[str, int] = {}
     with ctx.factory() as s:
@@ -153,11 +272,78 @@ def _fail_claimed(ctx: WorkerContext, ids: list[int], owner: str, exc: Labelflee
     return counts
 
 
-def _release(ctx: WorkerContext, ids: list[int], owner: str, exc: BaseException) -> None:
-    refund = isinstance(exc, KeyboardInterrupt | SystemExit)
+def _release(ctx: WorkerContext, ids: list[int], owner: str, exc: BaseException, *, charge: bool) -> None:
+    """Give the unfinished items back (``charge``: the attempt counts), retrying while the database is down.
+
+    Items that cannot be given back within ``min(30 s, lease/2)`` stay leased
+    until their (short, no longer renewed) lease expires.
+    """
+    reason = exc.message if isinstance(exc, LabelfleetError) else f"{type(exc).__name__}: {exc}"
+    if not charge:
+        reason = f"given back, attempt not counted: {reason}"
+    deadline = time.monotonic() + min(30.0, ctx.settings.lease_seconds / 2)
+    delay = 0.5
+    while True:
+        try:
+            with ctx.factory() as s:
+                n = repo.release_items(s, ids, owner, refund=not charge, max_attempts=ctx.settings.max_attempts,
+                                       reason=reason)
+            logger.info("gave back %d items (%s)", n, "attempt counted" if charge else "attempt not counted")
+            return
+        except Exception:
+            if time.monotonic() + delay > deadline:
+                logger.warning("could not give back %d items; their leases expire within %d s", len(ids),
+                               ctx.settings.lease_seconds)
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _release_after_time_limit(ctx: WorkerContext, ids: list[int], owner: str, in_progress: list[int]) -> None:
+    """Soft time limit: the batch in the models is charged, the items not started yet are given back uncharged."""
+    limit = ctx.settings.task_soft_time_limit
+    busy = set(in_progress)
     try:
         with ctx.factory() as s:
-            repo.release_items(s, ids, owner, refund=refund, max_attempts=ctx.settings.max_attempts,
-                               reason=f"{type(exc).__name__}: {exc}")
-    except Exception:
-        logger.warning("could not release %d items; their leases will expire", len(ids))
+            charged = repo.release_items(
+                s, [i for i in ids if i in busy], owner, refund=False, max_attempts=ctx.settings.max_attempts,
+                reason=f"the task's soft time limit ({limit} s) was reached while this item was being labelled")
+            freed = repo.release_items(
+                s, [i for i in ids if i not in busy], owner, refund=True,
+                reason=f"the task's soft time limit ({limit} s) was reached before this item was labelled")
+    except Exception as exc:
+        logger.warning("soft time limit: could not give back %d items (%s); their leases expire within %d s",
+                       len(ids), type(exc).__name__, ctx.settings.lease_seconds)
+        return
+    logger.warning("soft time limit (%d s) reached: %d items in progress charged, %d given back uncharged",
+                   limit, charged, freed, extra={"worker": owner})
+
+
+def _record_provenance(ctx: WorkerContext, job_id: int, loaded: LoadedModels, automatic: bool) -> None:
+    """Record on the job (once) which model files its items are labelled with; warn when this worker differs."""
+    if job_id in ctx._provenance_recorded:
+        return
+    stages = {k: loaded.provenance.get(k) for k in ("detector", "segmenter")}
+    stages["tagger"] = loaded.provenance.get("tagger") if automatic else None
+    try:
+        with ctx.factory() as s:
+            q = select(Job).where(Job.id == job_id)
+            if s.get_bind().dialect.name == "postgresql":
+                q = q.with_for_update()
+            job = s.scalars(q).one()
+            models = dict(job.models or {})
+            known = models.get("stages")
+            if known is None:
+                job.models = {**models, "stages": stages}
+            elif _shas(known) != _shas(stages):
+                logger.error("job %s: this worker loaded other weights (%s) than the job records (%s)", job_id,
+                             _shas(stages), _shas(known))
+            s.commit()
+    except Exception as exc:  # provenance must never stop labelling
+        logger.warning("job %s: could not record model provenance (%s)", job_id, type(exc).__name__)
+        return
+    ctx._provenance_recorded.add(job_id)
+
+
+def _shas(stages: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v or {}).get("checkpoint_sha256") for k, v in stages.items()}

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.exceptions import Reject
 from sqlalchemy.exc import OperationalError
 
-from labelfleet.errors import RetryableError
+from labelfleet.errors import DatabaseUnavailable, RetryableError, WorkerUnhealthy
 from labelfleet.tasknames import TaskName
+from workers import lifecycle  # noqa: F401  (connects the worker start/health signals)
 from workers.celery_app import app
 from workers.service import run_chunk
 
 
 @app.task(name=TaskName.PROCESS_CHUNK, bind=True, acks_late=True, ignore_result=True,
-          autoretry_for=(RetryableError, OperationalError), retry_backoff=2, retry_backoff_max=60,
-          retry_jitter=True, max_retries=20)
+          autoretry_for=(RetryableError, DatabaseUnavailable, OperationalError), retry_backoff=2,
+          retry_backoff_max=60, retry_jitter=True, max_retries=20)
 def process_chunk(self: Any, *, job_id: int, item_ids: list[int]) -> dict[str, int]:
-    """Label the given items of job ``job_id`` (those still claimable)."""
-    return run_chunk(int(job_id), [int(i) for i in item_ids], hostname=str(self.request.hostname or "worker"))
+    """Label the given items of job ``job_id`` (those still claimable).
+
+    An unhealthy worker hands the message back to the queue (its items were
+    given back uncharged) for a healthy worker to take.
+    """
+    try:
+        return run_chunk(int(job_id), [int(i) for i in item_ids], hostname=str(self.request.hostname or "worker"))
+    except WorkerUnhealthy as exc:
+        raise Reject(exc.message, requeue=True) from exc

@@ -103,7 +103,8 @@ def worker(
 ) -> None:
     """Start a Celery worker that labels items (prefork, models loaded once per process).
 
-    SIGTERM is a warm shutdown: the current task finishes first.
+    SIGTERM is a warm shutdown: the current task finishes first. A worker whose
+    models do not load or whose device faults gives its items back and exits 1.
     """
     from labelfleet.tasknames import queue_for
 
@@ -116,6 +117,7 @@ def worker(
     from workers.celery_app import app
 
     qs = split_csv(queues) or (queue_for(settings.models),)
+    os.environ["LABELFLEET_WORKER_QUEUES"] = ",".join(qs)  # pool processes preload these presets' models
     argv = ["worker", "-Q", ",".join(qs), "-c", str(concurrency), "-P", "prefork", "-E", f"--loglevel={loglevel}"]
     if hostname:
         argv += ["-n", hostname]

@@ -249,7 +249,7 @@ def release_items(session: Session, item_ids: Sequence[int], owner: str, *, refu
     if refund:
         lower = (func.max if session.get_bind().dialect.name == "sqlite" else func.greatest)(Item.attempts - 1, 0)
         n += rowcount(session.execute(update(Item).where(*mine).values(status=ItemStatus.PENDING, attempts=lower,
-                                                                        **free)))
+                                                                        error=reason[:4000], **free)))
     else:
         if max_attempts is not None:
             n += rowcount(session.execute(update(Item).where(*mine, Item.attempts >= max_attempts).values(
@@ -257,6 +257,25 @@ def release_items(session: Session, item_ids: Sequence[int], owner: str, *, refu
                 f"{reason}"[:4000], **free)))
         n += rowcount(session.execute(update(Item).where(*mine).values(status=ItemStatus.PENDING,
                                                                         error=reason[:4000], **free)))
+    session.commit()
+    return n
+
+
+def renew_leases(session: Session, item_ids: Sequence[int], owner: str, *, lease_seconds: int) -> int:
+    """Extend the leases ``owner`` still holds on ``item_ids`` to now + ``lease_seconds`` (the heartbeat).
+
+    Conditional on ``lease_owner`` and ``status = running``: items finished,
+    released or taken over by another worker are left alone. An expired lease
+    that nobody took over yet is renewed too (its owner is alive after all).
+    Returns how many leases were extended. Commits.
+    """
+    if not item_ids:
+        return 0
+    stmt = (update(Item).where(Item.id.in_(list(item_ids)), Item.lease_owner == owner,
+                               Item.status == ItemStatus.RUNNING)
+            .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+            .execution_options(synchronize_session=False))
+    n = rowcount(session.execute(stmt))
     session.commit()
     return n
 

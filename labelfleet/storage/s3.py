@@ -76,9 +76,17 @@ class S3Source:
             _reraise(exc, f"listing {self.uri}")
 
     def read(self, key: str) -> bytes:
+        return self.read_versioned(key)[0]
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and the ETag S3 returned with them (unquoted).
+
+        The object may have been overwritten since it was listed; callers record
+        this ETag (and the bytes' sha256) so the database says what was labelled.
+        """
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
-            return bytes(resp["Body"].read())
+            return bytes(resp["Body"].read()), str(resp.get("ETag", "")).strip('"')
         except Exception as exc:
             _reraise(exc, f"s3://{self.bucket}/{self.prefix}{key}")
             raise  # unreachable: _reraise always raises
