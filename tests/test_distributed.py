@@ -1,7 +1,9 @@
 """Distributed jobs on real services: S3 (moto server), Redis, PostgreSQL, `celery worker` subprocesses.
 
 Every scenario checks the same invariant: done + failed + skipped + poison == total,
-with no duplicated label rows, after faults (kill -9, broker loss, database restart).
+with no duplicated label rows, after faults (kill -9, broker loss, database restart,
+a worker with broken models, a paused worker, a slow worker). Waits are deadlines on
+conditions, scaled by ``LABELFLEET_TEST_SLOWDOWN`` (tests/waiting.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from labelfleet.db.queries import job_summary
 from labelfleet.db.repository import get_job
 from tests.conftest import CI, REPO, service_missing
 from tests.imagegen import scene
+from tests.waiting import scaled, wait_until
 
 runner = CliRunner()
 pytestmark = pytest.mark.slow
@@ -101,28 +104,54 @@ def _bucket(endpoint: str, name: str, keys: list[str], extra: dict[str, bytes] |
 class Cluster:
     """Workers and a sweeper as subprocesses, sharing one environment."""
 
-    def __init__(self, db: str, broker: str, s3: str, model_dir: Path, lease: int = 60) -> None:
-        self.env = {**os.environ, "LABELFLEET_DB_URL": db, "LABELFLEET_BROKER_URL": broker,
-                    "LABELFLEET_S3_ENDPOINT_URL": s3, "LABELFLEET_MODEL_DIR": str(model_dir),
-                    "LABELFLEET_DEVICE": "cpu", "LABELFLEET_MODELS": "tiny-random", "LABELFLEET_LEASE_SECONDS":
-                    str(lease), "LABELFLEET_TASK_HARD_TIME_LIMIT": str(lease - 2),
-                    "LABELFLEET_TASK_SOFT_TIME_LIMIT": str(lease - 5), "LABELFLEET_CHUNK_SIZE": "4",
-                    "LABELFLEET_BATCH_SIZE": "4", "OMP_NUM_THREADS": "1",
-                    "HF_HUB_OFFLINE": "1"}
+    def __init__(self, db: str, broker: str, s3: str, model_dir: Path, tmp: Path, lease: int | None = 60,
+                 chunk_size: int | None = 4) -> None:
+        """``lease``/``chunk_size`` None: the defaults of labelfleet.settings (as deployed)."""
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LABELFLEET_")}
+        self.env.update({"LABELFLEET_DB_URL": db, "LABELFLEET_BROKER_URL": broker,
+                         "LABELFLEET_S3_ENDPOINT_URL": s3, "LABELFLEET_MODEL_DIR": str(model_dir),
+                         "LABELFLEET_DEVICE": "cpu", "LABELFLEET_MODELS": "tiny-random",
+                         "LABELFLEET_BATCH_SIZE": "4", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+        if lease is not None:
+            self.env["LABELFLEET_LEASE_SECONDS"] = str(lease)
+        if chunk_size is not None:
+            self.env["LABELFLEET_CHUNK_SIZE"] = str(chunk_size)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.db = db
+        self.tmp = tmp
 
-    def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", "labelfleet", *args], cwd=REPO, env=self.env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    def _spawn(self, *args: str, env: dict[str, str] | None = None, log: Path | None = None
+               ) -> subprocess.Popen[bytes]:
+        out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (closed when the test ends)
+        proc = subprocess.Popen([sys.executable, "-m", "labelfleet", *args], cwd=REPO, env={**self.env, **(env or {})},
+                                stdout=out, stderr=out, start_new_session=True)
         self.procs.append(proc)
         return proc
 
-    def worker(self, name: str) -> subprocess.Popen[bytes]:
-        return self._spawn("worker", "-n", f"{name}@%h", "--loglevel", "WARNING")
+    def health_dir(self, name: str) -> Path:
+        return self.tmp / f"health-{name}"
 
-    def sweeper(self) -> subprocess.Popen[bytes]:
-        return self._spawn("sweep", "--every", "1", "--requeue-after", "3")
+    def log(self, name: str) -> str:
+        path = self.tmp / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def worker(self, name: str, **env: str) -> subprocess.Popen[bytes]:
+        """A worker node ``name@host`` with its own health folder and log file (extra env vars on top)."""
+        env = {"LABELFLEET_HEALTH_DIR": str(self.health_dir(name)), **env}
+        return self._spawn("worker", "-n", f"{name}@%h", "--loglevel", "WARNING", env=env,
+                           log=self.tmp / f"{name}.log")
+
+    def sweeper(self, every: str = "1") -> subprocess.Popen[bytes]:
+        return self._spawn("sweep", "--every", every, "--requeue-after", "3", log=self.tmp / "sweeper.log")
+
+    def items(self) -> list[Any]:
+        engine = make_engine(self.db)
+        try:
+            with session_factory(engine)() as s:
+                return list(s.execute(select(Item.id, Item.status, Item.attempts, Item.worker, Item.lease_owner,
+                                             Item.error).order_by(Item.id)).all())
+        finally:
+            engine.dispose()
 
     def cli(self, *args: str) -> str:
         result = runner.invoke(app, list(args), env=self.env, catch_exceptions=False)
@@ -138,26 +167,12 @@ class Cluster:
             engine.dispose()
 
     def wait_done(self, job: str, timeout: float = 300) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        last: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            try:
-                last = self.summary(job)
-            except Exception:
-                time.sleep(1)
-                continue
-            if last["state"] == "done":
-                return last
-            time.sleep(1)
-        raise AssertionError(f"job {job} did not finish in {timeout}s: {last}")
+        return wait_until(lambda: (lambda s: s if s["state"] == "done" else None)(self.summary(job)), timeout,
+                          f"job {job} to finish", interval=1, ignore=(Exception,))
 
-    def wait_progress(self, job: str, at_least: int, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.summary(job)["done"] >= at_least:
-                return
-            time.sleep(0.3)
-        raise AssertionError(f"job {job} made no progress")
+    def wait_progress(self, job: str, at_least: int, timeout: float = 180) -> None:
+        wait_until(lambda: self.summary(job)["done"] >= at_least, timeout, f"{at_least} items of {job} done",
+                   interval=0.3, ignore=(Exception,))
 
     def stop(self) -> None:
         for p in self.procs:
@@ -171,17 +186,17 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster_factory(pg_url: str, s3_endpoint: str, model_dir: Path) -> Iterator[Any]:
+def cluster_factory(pg_url: str, s3_endpoint: str, model_dir: Path, tmp_path: Path) -> Iterator[Any]:
     from labelfleet.settings import Settings
     from workers.models import resolve_model
 
     settings = Settings(model_dir=model_dir)  # generate tiny models once, before workers race for them
-    for key, stage in (("gdino_tiny", "detector"), ("sam_tiny", "segmenter")):
+    for key, stage in (("gdino_tiny", "detector"), ("sam_tiny", "segmenter"), ("ram_plus_tiny", "tagger")):
         resolve_model(key, stage, settings)
     made: list[Cluster] = []
 
-    def make(broker: str, lease: int = 60) -> Cluster:
-        c = Cluster(pg_url, broker, s3_endpoint, model_dir, lease)
+    def make(broker: str, lease: int | None = 60, chunk_size: int | None = 4) -> Cluster:
+        c = Cluster(pg_url, broker, s3_endpoint, model_dir, tmp_path, lease, chunk_size)
         made.append(c)
         return c
 
@@ -297,10 +312,102 @@ def test_cancel_then_resume(cluster_factory: Any, s3_endpoint: str, redis_server
     c.cli("submit", "s3://cancel-resume", "--job", "cr", "--classes", "cat", "--no-masks")
     c.cli("cancel", "cr")
     c.worker("w1")
-    time.sleep(8)  # the worker drains the queue, dropping the cancelled job's chunks
+    import redis
+
+    r = redis.Redis.from_url(redis_server.url)
+    wait_until(lambda: r.llen("lf.tiny-random") == 0 and r.hlen("unacked") == 0, 180,
+               "the worker to drain the queue, dropping the cancelled job's chunks")
     summary = c.summary("cr")
     assert summary["state"] == "cancelled" and summary["done"] == 0 and summary["pending"] == 40
     c.cli("resume", "cr")
     summary = c.wait_done("cr")
+    assert summary["done"] == 40
+    assert_invariant(c, summary)
+
+
+def _truncated_model_dir(model_dir: Path, dest: Path) -> Path:
+    """A copy of the model cache whose GroundingDINO checkpoint is cut short (a broken download or disk)."""
+    shutil.copytree(model_dir / "tiny-random", dest / "tiny-random")
+    ckpt = next((dest / "tiny-random" / "gdino_tiny").glob("*.pth"))
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    return dest
+
+
+def test_worker_with_broken_models_exits_and_the_healthy_one_does_the_job(
+        cluster_factory: Any, s3_endpoint: str, redis_server: RedisServer, model_dir: Path, tmp_path: Path) -> None:
+    _bucket(s3_endpoint, "sick-worker", [f"{i:03d}.jpg" for i in range(40)])
+    c = cluster_factory(redis_server.url)
+    c.cli("submit", "s3://sick-worker", "--job", "sick", "--classes", "cat,dog", "--no-masks")
+    broken = c.worker("broken", LABELFLEET_MODEL_DIR=str(_truncated_model_dir(model_dir, tmp_path / "broken")))
+    c.worker("healthy")
+    c.sweeper()
+    code = wait_until(lambda: broken.poll() is not None and [broken.returncode], 180, "the broken worker to exit")
+    assert code != [0], c.log("broken")
+    unhealthy = c.health_dir("broken") / "unhealthy"
+    assert "cannot load models" in unhealthy.read_text() and "GroundingDINO checkpoint" in unhealthy.read_text()
+    assert not (c.health_dir("broken") / "ready").exists()
+    summary = c.wait_done("sick")
+    items = c.items()
+    assert summary["done"] == 40 and (c.health_dir("healthy") / "ready").exists()
+    assert {i.worker.split("@")[0] for i in items} == {"healthy"}
+    assert {i.attempts for i in items} == {1}, [(i.id, i.attempts, i.error) for i in items if i.attempts != 1]
+    assert_invariant(c, summary)
+
+
+def test_paused_worker_loses_its_items_and_a_slow_one_keeps_them(cluster_factory: Any, s3_endpoint: str,
+                                                                 redis_server: RedisServer) -> None:
+    lease = 10
+    _bucket(s3_endpoint, "pause-slow", [f"{i:03d}.jpg" for i in range(12)])
+    c = cluster_factory(redis_server.url, lease=lease)  # chunks of 4 = batches of 4
+    c.cli("submit", "s3://pause-slow", "--job", "ps", "--classes", "cat,dog", "--no-masks")
+    slow = c.worker("slow", LABELFLEET_TEST_FAULT=f"slow:{2 * lease}")  # every batch takes 2 lease TTLs
+    c.sweeper()
+    wait_until(lambda: any((i.lease_owner or "").startswith("slow@") for i in c.items()), 180,
+               "the slow worker to take a chunk")
+    paused = c.worker("paused", LABELFLEET_TEST_FAULT="slow:5")
+    held = wait_until(lambda: [i.id for i in c.items() if (i.lease_owner or "").startswith("paused@")], 180,
+                      "the paused worker to take a chunk")
+    os.killpg(paused.pid, signal.SIGSTOP)
+    time.sleep(3 * lease)  # the scenario: paused for 3 lease TTLs (no heartbeat while stopped)
+    wait_until(lambda: not any((i.lease_owner or "").startswith("paused@") for i in c.items() if i.id in held),
+               60, "the paused worker's leases to be taken away")
+    os.killpg(paused.pid, signal.SIGCONT)
+    wait_until(lambda: "lease lost before its labels were written" in c.log("paused"), 120,
+               "the paused worker's late writes to be refused")
+    os.killpg(paused.pid, signal.SIGKILL)
+    summary = c.wait_done("ps", timeout=600)
+    items = {i.id: i for i in c.items()}
+    assert summary["done"] == 12
+    assert all(not items[i].worker.startswith("paused@") and items[i].attempts >= 2 for i in held)
+    kept = [i for i in items.values() if i.id not in held and i.worker.startswith("slow@") and i.attempts == 1]
+    assert len(kept) >= 4, list(items.values())  # its first chunk: batches longer than the lease, never lost
+    assert slow.poll() is None
+    assert_invariant(c, summary)
+
+
+def test_kill_9_with_default_lease_items_worked_on_again_within_2_minutes(
+        cluster_factory: Any, s3_endpoint: str, redis_server: RedisServer) -> None:
+    _bucket(s3_endpoint, "kill-default", [f"{i:03d}.jpg" for i in range(40)])
+    c = cluster_factory(redis_server.url, lease=None, chunk_size=None)  # default lease TTL and chunk size
+    c.cli("submit", "s3://kill-default", "--job", "kd", "--classes", "cat,dog", "--no-masks")
+    victim = c.worker("victim", LABELFLEET_TEST_FAULT="slow:6")  # slow enough to be killed mid-chunk
+    c.sweeper(every="30")  # the deployed sweeper interval (<= 30 s, see deploy/CONFIG.md)
+    wait_until(lambda: sum(i.status == "done" for i in c.items()) >= 4, 300, "the victim to label 4 items")
+    c.worker("survivor")
+    wait_until(lambda: (c.health_dir("survivor") / "ready").exists(), 300, "the survivor to load its models")
+    held = [i.id for i in c.items() if (i.lease_owner or "").startswith("victim@")]
+    assert held, "the victim finished its chunk before it could be killed"
+    os.killpg(victim.pid, signal.SIGKILL)
+    t_kill = time.monotonic()
+
+    def taken_over() -> bool:
+        items = {i.id: i for i in c.items()}
+        return all((items[i].status == "done" and not items[i].worker.startswith("victim@"))
+                   or (items[i].lease_owner or "").startswith("survivor@") for i in held)
+
+    wait_until(taken_over, 120, f"another worker to take the {len(held)} items of the killed one")
+    print(f"\nkill -9 with default settings: {len(held)} items worked on again after "
+          f"{time.monotonic() - t_kill:.0f}s (limit {scaled(120):.0f}s)")
+    summary = c.wait_done("kd")
     assert summary["done"] == 40
     assert_invariant(c, summary)

@@ -41,10 +41,23 @@ def worker_presets(settings: Settings) -> list[str]:
     return [n for n in names if n in PRESETS] or [settings.models]
 
 
+_exit_status = 0
+
+
+def exit_status() -> int:
+    """After the worker stopped: :data:`EXIT_UNHEALTHY` if it stopped because it is unhealthy, else 0.
+
+    (``app.worker_main`` does not return Celery's exit code, so ``labelfleet worker`` asks here.)
+    """
+    return _exit_status
+
+
 def _on_child_unhealthy(signum: int, frame: Any) -> None:
     """Main process, on SIGUSR2 from a pool process: warm shutdown with a failure status."""
     from celery.worker import state
 
+    global _exit_status
+    _exit_status = EXIT_UNHEALTHY
     state.should_stop = EXIT_UNHEALTHY
     os.write(2, b"labelfleet worker: a pool process is unhealthy; stopping, exit status 1\n")
 

@@ -123,6 +123,10 @@ def worker(
         argv += ["-n", hostname]
     app.conf.broker_url = settings.broker_url.get_secret_value()
     app.worker_main(argv)
+    from workers.lifecycle import exit_status
+
+    if exit_status():  # it stopped because it is unhealthy (the reason was logged): let the supervisor restart it
+        raise typer.Exit(exit_status())
 
 
 def sweep_cmd(
