@@ -53,11 +53,12 @@ def _claimed_chunks(factory: sessionmaker[Session], job_id: int, chunk_size: int
                     held: Collection[str] | None) -> Iterator[tuple[list[int], str]]:
     """Yield ``(item ids, message id)`` chunks, each already claimed (committed) for this publisher."""
     pending = (Item.job_id == job_id) & (Item.status == ItemStatus.PENDING)
+    cutoff = utcnow() - timedelta(seconds=older_than_s or 0)  # before claiming: fresh claims are never stale
     while chunk := _claim(factory, pending & Item.enqueued_at.is_(None), chunk_size, message_id := new_message_id()):
         yield chunk, message_id
     if older_than_s is None:
         return
-    stale = pending & (Item.enqueued_at < utcnow() - timedelta(seconds=older_than_s))
+    stale = pending & (Item.enqueued_at < cutoff)
     with factory() as s:
         rows = s.execute(select(Item.id, Item.message_id).where(stale).order_by(Item.id)).all()
     lost = [i for i, m in rows if held is None or m not in held]
@@ -70,16 +71,19 @@ def _claimed_chunks(factory: sessionmaker[Session], job_id: int, chunk_size: int
 def _claim(factory: sessionmaker[Session], cond: Any, limit: int, message_id: str) -> list[int]:
     """Mark up to ``limit`` items matching ``cond`` enqueued as ``message_id``; returns their ids, sorted.
 
-    PostgreSQL: the candidates are locked ``FOR UPDATE SKIP LOCKED`` and ``cond``
-    is checked again on the locked rows, so a concurrent claimer gets other items
-    or none. SQLite serialises writers, which gives the same guarantee.
+    PostgreSQL: the candidates are locked ``FOR UPDATE SKIP LOCKED``, which
+    re-checks ``cond`` on the newest version of each locked row, so a concurrent
+    claimer gets other items or none. SQLite serialises writers, which gives
+    the same guarantee.
     """
     with factory() as s:
         sub = select(Item.id).where(cond).order_by(Item.id).limit(limit)
         if s.get_bind().dialect.name == "postgresql":
             sub = sub.with_for_update(skip_locked=True)
-        ids = s.scalars(update(Item).where(Item.id.in_(sub.scalar_subquery()), cond)
-                        .values(enqueued_at=utcnow(), message_id=message_id).returning(Item.id)).all()
+        # No second copy of ``cond`` out here: PostgreSQL would then re-run the LIMIT subquery per row.
+        ids = s.scalars(update(Item).where(Item.id.in_(sub.scalar_subquery()))
+                        .values(enqueued_at=utcnow(), message_id=message_id).returning(Item.id)
+                        .execution_options(synchronize_session=False)).all()
         s.commit()
     return sorted(ids)
 
