@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="Retryable failures before an item is poison")
     task_soft_time_limit: int = Field(1500, ge=1)
     task_hard_time_limit: int = Field(1800, ge=1)
-    chunk_size: int = Field(32, ge=1, description="Items per Celery task")
+    chunk_size: int = Field(32, ge=1, le=1000, description="Items per Celery task (at most 1000)")
     log_level: str | None = Field(None, description="Log level; unset = WARNING for CLI commands, INFO for workers")
     log_json: bool = False
     health_dir: Path = Field(Path("/tmp/labelfleet-health"), description="Where a worker writes `ready` (models "

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import uuid
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 
@@ -22,10 +26,72 @@ def producer(broker_url: str) -> Celery:
     return app
 
 
-def enqueue_chunk(broker_url: str, queue: str, job_id: int, item_ids: Sequence[int]) -> None:
-    """Publish one chunk: ``process_chunk(job_id=..., item_ids=[...])`` onto ``queue``."""
+#: kombu's Redis transport: priority lists are ``queue + SEP + str(priority)``; delivered, unacked
+#: messages sit in the hash ``UNACKED`` as ``[envelope, exchange, routing_key]``.
+_PRIORITY_SEP = "\x06\x16"
+_PRIORITIES = (0, 3, 6, 9)
+_UNACKED = "unacked"
+
+
+def new_message_id() -> str:
+    """A Celery task id, recorded on the items before their message is published."""
+    return str(uuid.uuid4())
+
+
+def enqueue_chunk(broker_url: str, queue: str, job_id: int, item_ids: Sequence[int],
+                  message_id: str | None = None) -> None:
+    """Publish one chunk: ``process_chunk(job_id=..., item_ids=[...])`` onto ``queue`` as task ``message_id``."""
     producer(broker_url).send_task(TaskName.PROCESS_CHUNK, kwargs={"job_id": job_id, "item_ids": list(item_ids)},
-                                   queue=queue, serializer="json")
+                                   queue=queue, serializer="json", task_id=message_id)
+
+
+def redis_client(broker_url: str) -> Any:
+    """A redis-py client for a ``redis://``/``rediss://`` broker, else None (imports redis lazily)."""
+    if urlsplit(broker_url).scheme not in ("redis", "rediss"):
+        return None
+    import redis
+
+    return redis.Redis.from_url(broker_url, socket_connect_timeout=5, socket_timeout=30)
+
+
+def _envelope_id(raw: bytes | str) -> str | None:
+    try:
+        payload = json.loads(raw)
+        if isinstance(payload, list):  # an unacked entry: [envelope, exchange, routing_key]
+            payload = payload[0]
+        msg_id = payload["headers"]["id"]
+        return msg_id if isinstance(msg_id, str) else None
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def held_message_ids(broker_url: str, queue: str, page: int = 1000) -> set[str] | None:
+    """Celery task ids of the messages the broker still holds for ``queue``: waiting in its lists or
+    delivered and not yet acked (which kombu restores after the visibility timeout).
+
+    None when the broker cannot tell (not Redis, or unreachable). Reads every
+    waiting message's headers: O(queue length), paged ``page`` at a time.
+    """
+    client = redis_client(broker_url)
+    if client is None:
+        return None
+    ids: set[str] = set()
+    try:
+        for pri in _PRIORITIES:
+            key = queue if pri == 0 else f"{queue}{_PRIORITY_SEP}{pri}"
+            start = 0
+            while batch := client.lrange(key, start, start + page - 1):
+                ids.update(i for i in map(_envelope_id, batch) if i)
+                start += page
+        for raw in client.hvals(_UNACKED):
+            if (msg_id := _envelope_id(raw)) is not None:
+                ids.add(msg_id)
+    except Exception as exc:
+        logger.debug("messages held for %s unknown: %s", queue, exc)
+        return None
+    finally:
+        client.close()
+    return ids
 
 
 def queue_depth(broker_url: str, queue: str) -> int | None:

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from labelfleet.db import repository as repo
@@ -30,8 +31,13 @@ def prepare_job(factory: sessionmaker[Session], *, name: str, source: Source, co
     interrupted; keys already present are ignored. Returns ``(job_id, created)``.
     """
     with factory() as s:
-        job, created = repo.get_or_create_job(s, name, source.uri, config, models, queue)
-        s.commit()
+        try:
+            job, created = repo.get_or_create_job(s, name, source.uri, config, models, queue)
+            s.commit()
+        except IntegrityError:  # a concurrent submit created the same job first: continue it
+            s.rollback()
+            job, created = repo.get_or_create_job(s, name, source.uri, config, models, queue)
+            s.commit()
         job_id = job.id
         if not job.listing_done:
             added = repo.add_items(s, job, _counted(source, job, on_listed))

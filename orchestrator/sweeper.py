@@ -2,8 +2,11 @@
 
 Safe to run any number of times, from any number of processes: every change
 is a conditional UPDATE. Redis here keeps nothing on disk, so after a broker
-restart every queued message is gone; the sweeper notices pending items whose
-queue is empty and enqueues them again.
+restart every queued message is gone; the sweeper compares each pending item's
+``message_id`` with the messages the broker still holds (waiting or delivered
+but unacked) and enqueues again only items whose message is gone, after
+``requeue_after_s`` (covering the moment between claim and publish). A message
+that merely waits in a long queue is never published twice.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from labelfleet.db.models import Item, ItemStatus, Job, JobState
 from labelfleet.db.repository import rowcount, utcnow
-from orchestrator.broker import queue_depth
+from orchestrator.broker import held_message_ids, queue_depth
 from orchestrator.dispatch import enqueue_pending
 
 logger = logging.getLogger(__name__)
@@ -49,8 +52,12 @@ def expire_leases(session: Session, job_id: int, max_attempts: int) -> tuple[int
 
 
 def sweep(factory: sessionmaker[Session], broker_url: str, *, max_attempts: int, chunk_size: int,
-          requeue_after_s: float = 60.0, stale_after_s: float = 3600.0) -> SweepReport:
-    """One pass over every unfinished job; a failure on one job does not stop the others."""
+          requeue_after_s: float = 60.0, stale_after_s: float = 7200.0) -> SweepReport:
+    """One pass over every unfinished job; a failure on one job does not stop the others.
+
+    ``stale_after_s`` (the visibility timeout) is used only with a broker that
+    cannot list its messages: pending items enqueued longer ago are re-enqueued.
+    """
     report = SweepReport()
     with factory() as s:
         jobs = s.execute(select(Job.id, Job.name, Job.queue).where(
@@ -74,9 +81,14 @@ def _sweep_job(factory: sessionmaker[Session], broker_url: str, job_id: int, nam
     report.expired += back
     report.poisoned += poison
     if queue:
-        depth = queue_depth(broker_url, queue)  # None: the queue itself is gone (broker restarted)
-        older = requeue_after_s if not depth else stale_after_s
-        report.requeued += enqueue_pending(factory, job_id, broker_url, chunk_size=chunk_size, older_than_s=older)
+        held = held_message_ids(broker_url, queue)
+        if held is not None:  # re-enqueue only items whose message the broker no longer holds
+            older = requeue_after_s
+        else:  # the broker cannot list its messages: only an empty queue proves them lost
+            depth = queue_depth(broker_url, queue)
+            older = requeue_after_s if not depth else stale_after_s
+        report.requeued += enqueue_pending(factory, job_id, broker_url, chunk_size=chunk_size, older_than_s=older,
+                                           held=held)
     if mark_done_if_finished(factory, job_id):
         report.finished.append(name)
 

@@ -13,6 +13,7 @@ CORE = ["labelfleet.types", "labelfleet.errors", "labelfleet.settings", "labelfl
         "labelfleet.db.repository", "labelfleet.db.queries", "labelfleet.db.migrate", "labelfleet.models.catalog",
         "labelfleet.models.download", "labelfleet.logs", "labelfleet.cli"]
 ORCHESTRATOR = ["orchestrator.jobs", "orchestrator.dispatch", "orchestrator.sweeper", "orchestrator.broker",
+                "orchestrator.deadletter",
                 "orchestrator.review", "orchestrator.review.convert"]
 
 

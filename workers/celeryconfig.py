@@ -4,10 +4,13 @@ Reliability choices: late acks + reject on worker loss (a killed worker's
 message is delivered again), prefetch 1 (a worker never hoards messages while
 busy), JSON only, no result backend (job state lives in the database), the
 Redis visibility timeout above the hard time limit (a long task is not
-re-delivered while it still runs).
+re-delivered while it still runs). Poison messages are dead-lettered
+instead of crashing the consumer (:mod:`workers.messages`).
 """
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 from labelfleet.settings import Settings
 
@@ -25,6 +28,9 @@ task_soft_time_limit = _settings.task_soft_time_limit
 task_time_limit = _settings.task_hard_time_limit
 broker_transport_options = {"visibility_timeout": _settings.task_hard_time_limit + 600}
 broker_connection_retry_on_startup = True
+if urlsplit(broker_url).scheme in ("redis", "rediss"):  # checks envelopes before kombu decodes them
+    broker_transport = "workers.messages:SafeRedisTransport"
+worker_consumer = "workers.messages:SafeConsumer"  # checks protocol, body and kwargs before Celery does
 broker_connection_max_retries = None  # keep reconnecting through a broker restart
 worker_send_task_events = True  # Flower
 task_send_sent_event = True

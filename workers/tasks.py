@@ -11,6 +11,7 @@ from labelfleet.errors import DatabaseUnavailable, RetryableError, WorkerUnhealt
 from labelfleet.tasknames import TaskName
 from workers import lifecycle  # noqa: F401  (connects the worker start/health signals)
 from workers.celery_app import app
+from workers.messages import ChunkKwargs
 from workers.service import run_chunk
 
 
@@ -18,12 +19,13 @@ from workers.service import run_chunk
           autoretry_for=(RetryableError, DatabaseUnavailable, OperationalError), retry_backoff=2,
           retry_backoff_max=60, retry_jitter=True, max_retries=20)
 def process_chunk(self: Any, *, job_id: int, item_ids: list[int]) -> dict[str, int]:
-    """Label the given items of job ``job_id`` (those still claimable).
+    """Label the given items of job ``job_id`` (those still claimable); kwargs as :class:`ChunkKwargs`.
 
     An unhealthy worker hands the message back to the queue (its items were
     given back uncharged) for a healthy worker to take.
     """
+    args = ChunkKwargs(job_id=job_id, item_ids=item_ids)  # the consumer dead-letters bad ones before this
     try:
-        return run_chunk(int(job_id), [int(i) for i in item_ids], hostname=str(self.request.hostname or "worker"))
+        return run_chunk(args.job_id, args.item_ids, hostname=str(self.request.hostname or "worker"))
     except WorkerUnhealthy as exc:
         raise Reject(exc.message, requeue=True) from exc

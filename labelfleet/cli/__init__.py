@@ -28,7 +28,8 @@ job_cmds.register(app)
 app.add_typer(model_cmds.models_app, name="models")
 app.add_typer(job_cmds.db_app, name="db")
 
-for _extra in ("labelfleet.cli.cluster_cmds", "labelfleet.cli.review_cmds"):
+for _extra in ("labelfleet.cli.cluster_cmds", "labelfleet.cli.review_cmds", "labelfleet.cli.deadletter_cmds",
+               "labelfleet.cli.health_cmds"):
     try:
         __import__(_extra)
         sys.modules[_extra].register(app)  # type: ignore[attr-defined]

@@ -22,6 +22,7 @@ from labelfleet.cli.common import (
 )
 from labelfleet.errors import ConfigError
 from labelfleet.models.catalog import RANDOM_WEIGHTS_WARNING
+from labelfleet.tasknames import MAX_CHUNK_ITEMS
 
 BrokerOpt = typer.Option(None, "--broker", help="Broker URL, e.g. redis://127.0.0.1:6379/0 [env LABELFLEET_BROKER_URL]")
 
@@ -45,7 +46,8 @@ def submit(
     job: str | None = typer.Option(None, "--job", help="Job name (default: last part of the prefix)."),
     classes: str | None = typer.Option(None, "--classes", help='Fixed classes "cat,dog"; default: RAM tags.'),
     models: str | None = typer.Option(None, "--models", help="Preset (default, fast, quality, tiny-random)."),
-    chunk_size: int | None = typer.Option(None, "--chunk-size", min=1, help="Images per task (default 32)."),
+    chunk_size: int | None = typer.Option(None, "--chunk-size", min=1, max=MAX_CHUNK_ITEMS,
+                                          help=f"Images per task (default 32, at most {MAX_CHUNK_ITEMS})."),
     include: list[str] = typer.Option([], "--include", help="Only keys matching this glob (repeatable)."),
     exclude: list[str] = typer.Option([], "--exclude", help="Skip keys matching this glob (repeatable)."),
     s3_endpoint_url: str | None = typer.Option(None, "--s3-endpoint-url", help="MinIO or other S3 endpoint."),
@@ -174,7 +176,8 @@ def cancel(job: str = typer.Argument(..., help="Job name."), db: str | None = Db
 def resume(job: str = typer.Argument(..., help="Job name."), db: str | None = DbOpt,
            broker: str | None = BrokerOpt) -> None:
     """Continue a cancelled or stalled job: re-enqueue every pending item."""
-    from labelfleet.db.models import JobState
+    from labelfleet.db.models import Job, JobState
+    from orchestrator.broker import held_message_ids
     from orchestrator.dispatch import enqueue_pending, set_state
 
     settings = make_settings(db_url=db, broker_url=broker)
@@ -182,8 +185,11 @@ def resume(job: str = typer.Argument(..., help="Job name."), db: str | None = Db
     job_id = _job_id(factory, job)
     _finish_listing(factory, job, settings)
     set_state(factory, job_id, JobState.RUNNING)
-    n = enqueue_pending(factory, job_id, settings.broker_url.get_secret_value(), chunk_size=settings.chunk_size,
-                        older_than_s=0)
+    broker_url = settings.broker_url.get_secret_value()
+    with factory() as s:
+        queue = s.get(Job, job_id).queue
+    held = held_message_ids(broker_url, queue) if queue else None  # messages still queued are not sent again
+    n = enqueue_pending(factory, job_id, broker_url, chunk_size=settings.chunk_size, older_than_s=0, held=held)
     console.print(f"job {job} resumed: {n} items enqueued")
 
 

@@ -23,7 +23,8 @@ def status(
     job: str = typer.Argument(..., help="Job name."),
     db: str | None = DbOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (job, state, total, done, "
-                                 "failed, skipped, poison, pending, running, detections, tags, failures)."),
+                                 "failed, skipped, poison, pending, running, detections, tags, failures, "
+                                 "dead_letters)."),
     watch: bool = typer.Option(False, "--watch", help="Follow the job with a progress bar until it is done."),
 ) -> None:
     """Show a job's progress, label counts, failure reasons and throughput per worker."""
@@ -31,7 +32,8 @@ def status(
     from labelfleet.db.queries import job_summary
     from labelfleet.db.repository import get_job
 
-    engine = engine_for(make_settings(db_url=db))
+    settings = make_settings(db_url=db)
+    engine = engine_for(settings)
     factory = session_factory(engine)
 
     def read() -> dict[str, Any]:
@@ -43,9 +45,21 @@ def status(
         summary = _watch(read, summary)
     engine.dispose()
     if as_json:
+        summary["dead_letters"] = _dead_letters(factory, job, settings)
         print(json.dumps(summary, default=str))
         return
     print_summary(summary)
+
+
+def _dead_letters(factory: Any, job: str, settings: Any) -> int | None:
+    """Messages in the broker's dead-letter list (all jobs); None for local jobs or an unreachable broker."""
+    from labelfleet.db.repository import get_job
+    from orchestrator.deadletter import count
+
+    with factory() as s:
+        if get_job(s, job).queue is None:
+            return None
+    return count(settings.broker_url.get_secret_value())
 
 
 def _watch(read: Any, summary: dict[str, Any]) -> dict[str, Any]:

@@ -103,6 +103,10 @@ class Item(Base):
     created_at: Mapped[datetime] = _now_col()
     updated_at: Mapped[datetime] = _now_col(onupdate=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # --- issue 10 (exactly-once enqueue): Celery task id of the message that last carried this item,
+    # set in the same UPDATE as enqueued_at; the sweeper re-enqueues only if the broker no longer holds it.
+    message_id: Mapped[str | None] = mapped_column(String(64))
+    # --- end issue 10
 
     job: Mapped[Job] = relationship(back_populates="items")
 

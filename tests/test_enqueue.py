@@ -1,0 +1,151 @@
+"""Exactly-once enqueue bookkeeping (issue 10) on real PostgreSQL/SQLite and Redis.
+
+Assertions are on the messages actually sitting in the Redis queue (their
+item IDs), not on a database constraint: no item is published twice by racing
+submits, and the sweeper never republishes an item whose message still waits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from labelfleet.db import migrate
+from labelfleet.db import repository as repo
+from labelfleet.db.engine import make_engine, session_factory
+from labelfleet.db.models import Item
+from labelfleet.types import ImageRef
+from orchestrator.dispatch import enqueue_pending
+from orchestrator.sweeper import sweep
+from tests.conftest import REPO
+from tests.test_distributed import RedisServer, redis_server  # noqa: F401  (fixture)
+
+
+def _queued(client: Any, queue: str) -> list[tuple[str, list[int]]]:
+    """``(message id, item ids)`` of every message waiting in ``queue``, oldest first."""
+    import base64
+
+    out = []
+    for raw in reversed(client.lrange(queue, 0, -1)):
+        env = json.loads(raw)
+        body = json.loads(base64.b64decode(env["body"]))
+        out.append((env["headers"]["id"], body[1]["item_ids"]))
+    return out
+
+
+def _job(db_url: str, n: int, queue: str) -> tuple[Any, Any, int]:
+    engine = make_engine(db_url)
+    migrate.upgrade(engine)
+    factory = session_factory(engine)
+    with factory() as s:
+        job, _ = repo.get_or_create_job(s, "eq", "/src", {}, {}, queue=queue)
+        s.commit()
+        repo.add_items(s, job, (ImageRef("/src", f"{i}.jpg") for i in range(n)))
+        return engine, factory, job.id
+
+
+def test_racing_enqueuers_publish_each_item_once(db_url: str, redis_server: RedisServer) -> None:  # noqa: F811
+    import redis
+
+    queue = f"lf.race-{uuid.uuid4().hex[:6]}"
+    engine, factory, job_id = _job(db_url, 120, queue)
+    counts: list[int] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            counts.append(enqueue_pending(factory, job_id, redis_server.url, chunk_size=1))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    published = Counter(i for _, ids in _queued(redis.Redis.from_url(redis_server.url), queue) for i in ids)
+    with factory() as s:
+        all_ids = set(s.scalars(select(Item.id).where(Item.job_id == job_id)).all())
+    assert set(published) == all_ids and max(published.values()) == 1 and sum(counts) == 120
+    engine.dispose()
+
+
+def test_sweeper_republishes_only_lost_messages(db_url: str, redis_server: RedisServer) -> None:  # noqa: F811
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    queue = f"lf.sweep-{uuid.uuid4().hex[:6]}"
+    engine, factory, job_id = _job(db_url, 10, queue)
+    assert enqueue_pending(factory, job_id, redis_server.url, chunk_size=4) == 10
+    first = _queued(client, queue)
+    assert [len(ids) for _, ids in first] == [4, 4, 2]
+    with factory() as s:  # the queue is long: these messages have waited for two hours
+        s.execute(update(Item).values(enqueued_at=repo.utcnow() - timedelta(hours=2)))
+        s.commit()
+    for _ in range(3):
+        report = sweep(factory, redis_server.url, max_attempts=3, chunk_size=4, requeue_after_s=0)
+        assert report.requeued == 0
+    assert _queued(client, queue) == first
+    # One message is delivered to a worker (unacked), one is lost (broker restart, dead-lettered...).
+    delivered = client.rpop(queue)
+    client.hset("unacked", "tag-1", json.dumps([json.loads(delivered), "", queue]))
+    lost_id, lost_items = _queued(client, queue)[0]
+    client.rpop(queue)
+    report = sweep(factory, redis_server.url, max_attempts=3, chunk_size=4, requeue_after_s=0)
+    assert report.requeued == len(lost_items) == 4
+    after = _queued(client, queue)
+    assert [ids for _, ids in after] == [first[2][1], lost_items] and after[1][0] != lost_id
+    with factory() as s:
+        ids = {i: m for i, m in s.execute(select(Item.id, Item.message_id).where(Item.id.in_(lost_items)))}
+    assert set(ids.values()) == {after[1][0]}  # the items now point at their new message
+    assert sweep(factory, redis_server.url, max_attempts=3, chunk_size=4, requeue_after_s=0).requeued == 0
+    engine.dispose()
+
+
+def test_parallel_submit_cli_no_traceback_no_duplicates(tmp_path: Path, pg_url: str,
+                                                        redis_server: RedisServer) -> None:  # noqa: F811
+    import redis
+
+    from tests.imagegen import write_scenes
+
+    write_scenes(tmp_path / "imgs", 40)
+    env = {**os.environ, "LABELFLEET_DB_URL": pg_url, "LABELFLEET_BROKER_URL": redis_server.url,
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "labelfleet", "submit", str(tmp_path / "imgs"), "--job", "par", "--classes", "cat",
+           "--models", "tiny-random", "--chunk-size", "2"]
+    subprocess.run([sys.executable, "-m", "labelfleet", "db", "upgrade"], env=env, cwd=REPO, check=True,
+                   capture_output=True, timeout=300)
+    procs = [subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
+    for rc, out, err in results:
+        assert rc == 0 and "Traceback" not in out + err and "IntegrityError" not in out + err, (rc, out, err)
+    enqueued = sum(int(out.split(": ", 1)[1].split()[0]) for _, out, _ in results)
+    published = Counter(i for _, ids in _queued(redis.Redis.from_url(redis_server.url), "lf.tiny-random")
+                        for i in ids)
+    assert len(published) == 40 and max(published.values()) == 1 and enqueued == 40, (published, results)
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["--chunk-size", "5000"], {}, "Invalid value for '--chunk-size': Input should be less than or equal to 1000"),
+    ([], {"LABELFLEET_CHUNK_SIZE": "5000"}, "setting chunk_size (env LABELFLEET_CHUNK_SIZE): Input should be less "
+                                            "than or equal to 1000"),
+])
+def test_chunk_size_is_bounded(tmp_path: Path, args: list[str], env: dict[str, str], message: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "labelfleet", "submit", str(tmp_path), "--db",
+                          f"sqlite:///{tmp_path / 'x.db'}", *args], env={**os.environ, **env}, cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    text = " ".join(out.stderr.split())
+    assert out.returncode == 2 and message in text and "Traceback" not in text, out.stderr
