@@ -43,8 +43,8 @@ def test_wheel_installs_and_migrates_without_the_source_tree(tmp_path: Path) -> 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp_path)
     py = venv / "bin" / "python"
-    _run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-compile", "--ignore-installed", "-q",
-          str(wheel)], cwd=tmp_path, env=env)
+    _run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-compile",
+          "--ignore-installed", "-q", str(wheel)], cwd=tmp_path, env=env)
     site = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                      cwd=tmp_path).strip())
     (site / "zz_shared_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
