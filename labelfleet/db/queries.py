@@ -64,7 +64,7 @@ def worker_throughput(session: Session, job_id: int, window_s: int = 300) -> lis
         .group_by(Item.worker)).all()
     out = []
     for worker, n, first, last in rows:
-        if not worker:
+        if not worker or first is None or last is None:
             continue
         timings = session.scalar(select(Item.timings).where(
             Item.job_id == job_id, Item.worker == worker, Item.status == ItemStatus.DONE,
