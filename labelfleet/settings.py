@@ -84,8 +84,13 @@ def check_device(device: str) -> str:
     Raises :class:`~labelfleet.errors.ConfigError` for ``cuda``/``cuda:N`` without such a GPU
     and ``mps`` without Apple's backend. Imports torch lazily.
     """
+    import os
+
     from labelfleet.errors import ConfigError
 
+    if device == "cpu":
+        return device
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # fork-safe check (Celery forks after it)
     resolved = resolve_device(device)
     if resolved.startswith("cuda"):
         import torch

@@ -73,7 +73,7 @@ def describe(exc: BaseException) -> str | None:
                                                   or "Connection" in type(exc).__name__):
         return one_line(f"cannot reach the broker: {exc} (check --broker / LABELFLEET_BROKER_URL)")
     if isinstance(exc, OSError):
-        what = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc.strerror or exc)
+        what = f"{exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc.strerror or exc)
         return one_line(what)
     return None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -72,13 +73,19 @@ def check_class_names(names: list[str], count_tokens: Any = None) -> None:
         if low > MAX_TEXT_TOKENS:
             raise ConfigError(f"class name {_short(name)} is at least {low} tokens long; GroundingDINO reads at "
                               f"most {MAX_TEXT_TOKENS} tokens per prompt: shorten it")
-    if count_tokens is not None and names:
-        try:
-            split_classes(names, count_tokens, MAX_TEXT_TOKENS)
-        except ValueError as exc:
-            bad = next((n for n in names if count_tokens(build_caption([n])) > MAX_TEXT_TOKENS), names[0])
-            raise ConfigError(f"class name {_short(bad)} is {count_tokens(build_caption([bad]))} tokens long; "
-                              f"GroundingDINO reads at most {MAX_TEXT_TOKENS} tokens per prompt: shorten it") from exc
+    if count_tokens is None or not names:
+        return
+    quiet = logging.getLogger("transformers")  # its "sequence longer than 512" warning says nothing useful here
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        split_classes(names, count_tokens, MAX_TEXT_TOKENS)
+    except ValueError as exc:
+        bad = next((n for n in names if count_tokens(build_caption([n])) > MAX_TEXT_TOKENS), names[0])
+        raise ConfigError(f"class name {_short(bad)} is {count_tokens(build_caption([bad]))} tokens long; "
+                          f"GroundingDINO reads at most {MAX_TEXT_TOKENS} tokens per prompt: shorten it") from exc
+    finally:
+        quiet.setLevel(level)
 
 
 def _short(name: str) -> str:
@@ -334,14 +341,18 @@ def segment(
         raise ConfigError("give --box and/or --point prompts, or --everything")
     settings = make_settings(models=models, device=device)
     preset = get_preset(settings.models)
+    from labelfleet.settings import check_device
+
+    resolved = check_device(settings.device)
+    try:  # an unwritable --out fails now, not after the model ran
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the folder {out.parent} for --out: {exc.strerror or exc}") from exc
     if preset.random_weights:
         console_err.print(f"[bold yellow]{RANDOM_WEIGHTS_WARNING}[/]")
     res = resolve_model(preset.segmenter, "segmenter", settings, checkpoint=segmenter_checkpoint)
-    from labelfleet.settings import resolve_device
-
-    seg = build_segmenter(res.key, checkpoint=res.files["checkpoint"], device=resolve_device(settings.device))
+    seg = build_segmenter(res.key, checkpoint=res.files["checkpoint"], device=resolved)
     arr = decode_image(image.read_bytes(), max_pixels=settings.max_image_pixels).array
-    out.parent.mkdir(parents=True, exist_ok=True)
     if everything:
         found = seg.segment_everything(arr)
         index = np.zeros(arr.shape[:2], np.uint16)
