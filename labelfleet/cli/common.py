@@ -87,9 +87,30 @@ def engine_for(settings: Settings, *, migrate: bool = False, read_only: bool = F
     engine = make_engine(url, read_only=read_only and not migrate)
     if migrate:
         mig.upgrade(engine)
+        if path is not None:
+            _require_writable_sqlite(Path(path).expanduser())
     elif check_schema:
         mig.require_head(engine)
     return engine
+
+
+def _require_writable_sqlite(file: Path) -> None:
+    """Fail now (before models load) when a SQLite file cannot be written: read-only file, volume or folder."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(file, timeout=30, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:  # a real write, rolled back: only it fails on a read-only file (SQLite opens those read-only)
+                conn.execute("CREATE TABLE _labelfleet_write_probe (x INTEGER)")
+            finally:
+                conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as exc:
+        raise ConfigError(f"the SQLite database {file} is read-only ({exc}); use a writable --db, or only read "
+                          "commands such as status, jobs and failures") from exc
 
 
 class RateColumn(ProgressColumn):

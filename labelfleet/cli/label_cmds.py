@@ -231,10 +231,10 @@ def _run(engine: Any, settings: Any, src: Any, name: str, preset: Preset, config
                                               allow_download=not offline, progress=_download_bar())
     names = [*(config.classes or ()), *config.extra_classes]
     check_class_names(names, getattr(pipeline.detector, "count_tokens", None))  # exact, before any image
-    if preset.random_weights:
-        console_err.print(f"[bold yellow]{RANDOM_WEIGHTS_WARNING}[/]")
     if job_id is None:
         job_id = _list(factory, name, src, cfg, provenance, changed).job_id
+    if preset.random_weights:  # after every up-front check, so a failure stays one line
+        console_err.print(f"[bold yellow]{RANDOM_WEIGHTS_WARNING}[/]")
     _label_pending(factory, job_id, name, pipeline, settings, src)
     with factory() as s:
         repo.mark_job_finished(s, job_id)
