@@ -20,11 +20,10 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md ./
 COPY labelfleet/ labelfleet/
 COPY orchestrator/ orchestrator/
 COPY workers/ workers/
-COPY alembic/ alembic/
 
 # "" = slim orchestrator/CLI; "review" adds FiftyOne for `labelfleet review`.
 ARG EXTRAS=""
@@ -40,16 +39,12 @@ RUN groupadd --system --gid 10001 labelfleet \
     && install -d -o 10001 -g 10001 /app /home/labelfleet/.fiftyone
 
 COPY --from=builder /opt/venv /opt/venv
-COPY --chown=root:root alembic.ini /app/alembic.ini
-COPY --chown=root:root alembic/ /app/alembic/
 COPY --chown=root:root --chmod=0755 deploy/wait_for_migrations.py /usr/local/bin/labelfleet-wait-for-migrations
 
 ENV PATH=/opt/venv/bin:$PATH \
     VIRTUAL_ENV=/opt/venv \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    ALEMBIC_CONFIG=/app/alembic.ini \
-    LABELFLEET_ALEMBIC_DIR=/app/alembic \
     HOME=/home/labelfleet \
     XDG_CACHE_HOME=/tmp/cache \
     MPLCONFIGDIR=/tmp/matplotlib

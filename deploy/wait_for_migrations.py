@@ -2,7 +2,8 @@
 """Block until the labelfleet database is at the Alembic head (init container of workers/sweeper).
 
 Installed in both images as ``labelfleet-wait-for-migrations``. Reads ``LABELFLEET_DB_URL`` like the
-application does and the migration scripts from ``ALEMBIC_CONFIG`` (default ``/app/alembic.ini``).
+application does and the migration scripts from ``ALEMBIC_CONFIG`` (default: the ``alembic.ini`` shipped
+inside the installed labelfleet package, next to ``labelfleet/db/migrations``).
 Never migrates: only the migration Job (``labelfleet db upgrade``) does. Exit 0 when up to date,
 1 on timeout, so Kubernetes restarts the pod and tries again.
 """
@@ -22,6 +23,18 @@ def _db_url() -> str:
         return Settings().db_url.get_secret_value()
     except ImportError:
         return os.environ["LABELFLEET_DB_URL"]
+
+
+def _default_ini() -> str:
+    """``ALEMBIC_CONFIG`` if set, else the installed package's ``labelfleet/alembic.ini``."""
+    if os.environ.get("ALEMBIC_CONFIG"):
+        return os.environ["ALEMBIC_CONFIG"]
+    import importlib.util
+
+    spec = importlib.util.find_spec("labelfleet")
+    if spec is None or spec.origin is None:
+        return "/app/alembic.ini"
+    return os.path.join(os.path.dirname(spec.origin), "alembic.ini")
 
 
 def _state(db_url: str, alembic_ini: str) -> tuple[set[str], set[str]]:
@@ -44,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait in total")
     parser.add_argument("--interval", type=float, default=5, help="seconds between checks")
-    parser.add_argument("--alembic-ini", default=os.environ.get("ALEMBIC_CONFIG", "/app/alembic.ini"))
+    parser.add_argument("--alembic-ini", default=_default_ini())
     args = parser.parse_args(argv)
 
     deadline = time.monotonic() + args.timeout

@@ -47,11 +47,10 @@ WORKDIR /src
 # Dependencies first (better layer caching): torch/torchvision, then the package with its models extra.
 RUN uv pip install --index-strategy unsafe-best-match --extra-index-url "${TORCH_INDEX_URL}" \
         "torch==2.14.1" "torchvision==0.29.1"
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md ./
 COPY labelfleet/ labelfleet/
 COPY orchestrator/ orchestrator/
 COPY workers/ workers/
-COPY alembic/ alembic/
 # GroundingDINO builds its extension against the torch installed above.
 RUN uv pip install --index-strategy unsafe-best-match --extra-index-url "${TORCH_INDEX_URL}" \
         --no-build-isolation-package groundingdino-py ".[models]"
@@ -74,16 +73,12 @@ RUN apt-get update \
 
 COPY --from=builder /opt/python /opt/python
 COPY --from=builder /opt/venv /opt/venv
-COPY --chown=root:root alembic.ini /app/alembic.ini
-COPY --chown=root:root alembic/ /app/alembic/
 COPY --chown=root:root --chmod=0755 deploy/wait_for_migrations.py /usr/local/bin/labelfleet-wait-for-migrations
 
 ENV PATH=/opt/venv/bin:$PATH \
     VIRTUAL_ENV=/opt/venv \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    ALEMBIC_CONFIG=/app/alembic.ini \
-    LABELFLEET_ALEMBIC_DIR=/app/alembic \
     HOME=/home/labelfleet \
     XDG_CACHE_HOME=/tmp/cache \
     MPLCONFIGDIR=/tmp/matplotlib \

@@ -24,6 +24,37 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".jfif", ".pbm", ".pgm", ".ppm"}
 )
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N"}
+#: Formats read through a plugin or an optional Pillow codec, listed only when it is available.
+OPTIONAL_EXTENSIONS = {".avif": "avif", ".avifs": "avif", ".heic": "heif", ".heif": "heif"}
+_PLUGINS: dict[str, bool] = {}
+
+
+def format_available(kind: str) -> bool:
+    """Whether ``"avif"`` (Pillow's own codec) or ``"heif"`` (the ``pillow-heif`` plugin) can be decoded."""
+    if kind not in _PLUGINS:
+        if kind == "avif":
+            from PIL import features
+
+            _PLUGINS[kind] = bool(features.check("avif"))
+        else:
+            try:
+                import pillow_heif
+
+                pillow_heif.register_heif_opener()
+                _PLUGINS[kind] = True
+            except ImportError:
+                _PLUGINS[kind] = False
+    return _PLUGINS[kind]
+
+
+def unsupported_reason(key: str) -> str:
+    """Why a listing skips ``key``: ``"unsupported format"``, or which plugin would read it."""
+    ext = key[key.rfind("."):].lower() if "." in key else ""
+    if OPTIONAL_EXTENSIONS.get(ext) == "heif":
+        return "unsupported format (HEIC/HEIF needs pillow-heif)"
+    if OPTIONAL_EXTENSIONS.get(ext) == "avif":
+        return "unsupported format (this Pillow has no AVIF codec)"
+    return "unsupported format"
 
 
 @dataclass(frozen=True)
@@ -72,6 +103,7 @@ def decode_image(data: bytes, *, max_pixels: int = 100_000_000) -> DecodedImage:
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
+    format_available("heif")  # registers the HEIC/HEIF opener once, when pillow-heif is installed
     if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels  # the user raised our limit: let Pillow follow (never lowered)
     try:
@@ -92,8 +124,11 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def _too_large(pixels: int, max_pixels: int) -> str:
+    gib = 6 * max(pixels, 0) / 2**30  # RGB array (3 B/px) + Pillow's own copy while converting
     return (f"image too large: {pixels:,} pixels exceeds the limit of {max_pixels:,} "
-            "(possible decompression bomb; raise LABELFLEET_MAX_IMAGE_PIXELS to allow it)")
+            f"(possible decompression bomb). Decoding it needs about {gib:.1f} GiB of memory (3 bytes per pixel "
+            "for the RGB array plus Pillow's copy), per decode thread (LABELFLEET_DECODE_WORKERS) and again in "
+            "the models' buffers; raise LABELFLEET_MAX_IMAGE_PIXELS only if that much memory is free")
 
 
 def _to_rgb(img: Image.Image) -> RGBImage:
@@ -123,4 +158,7 @@ def _to_rgb(img: Image.Image) -> RGBImage:
 def is_image_key(key: str) -> bool:
     """True when ``key`` ends in a known image extension (case-insensitive)."""
     dot = key.rfind(".")
-    return dot >= 0 and key[dot:].lower() in IMAGE_EXTENSIONS
+    if dot < 0:
+        return False
+    ext = key[dot:].lower()
+    return ext in IMAGE_EXTENSIONS or (ext in OPTIONAL_EXTENSIONS and format_available(OPTIONAL_EXTENSIONS[ext]))

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(4, ge=1, description="Images per model batch")
     decode_workers: int = Field(4, ge=1, description="Threads that read and decode images ahead of the models")
     max_image_pixels: int = Field(100_000_000, ge=1, description="Larger images fail as decompression bombs")
+    read_timeout_s: float = Field(120.0, gt=0, description="A local file read taking longer fails (retried)")
 
     overwrite_reviewed: bool = Field(False, description="Re-labelling replaces labels a person reviewed too")
     lease_seconds: int = Field(60, ge=10, description="Lease TTL of a claimed item; the worker renews it every "
@@ -75,3 +76,42 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str) -> str:
+    """:func:`resolve_device`, then make sure the device exists (before any model is loaded).
+
+    Raises :class:`~labelfleet.errors.ConfigError` for ``cuda``/``cuda:N`` without such a GPU
+    and ``mps`` without Apple's backend. Imports torch lazily.
+    """
+    import os
+
+    from labelfleet.errors import ConfigError
+
+    if device == "cpu":
+        return device
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # fork-safe check (Celery forks after it)
+    resolved = resolve_device(device)
+    if resolved.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(resolved[5:]) if resolved.startswith("cuda:") else 0
+        if count == 0:
+            raise ConfigError(f"--device {device}: no CUDA GPU is visible to torch (CUDA_VISIBLE_DEVICES="
+                              f"{_env('CUDA_VISIBLE_DEVICES')}); use --device cpu or auto")
+        if index >= count:
+            raise ConfigError(f"--device {device}: only {count} CUDA GPU(s) visible (cuda:0..cuda:{count - 1})")
+    if resolved == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise ConfigError("--device mps: Apple's MPS backend is not available here; use --device cpu or auto")
+    return resolved
+
+
+def _env(name: str) -> str:
+    import os
+
+    value = os.environ.get(name)
+    return "unset" if value is None else repr(value)

@@ -179,10 +179,14 @@ def _build_tagger(res: ResolvedModel, device: str, settings: Settings, config: P
 
     variant = res.key
     model = build_ram_model(variant, res.files["checkpoint"], device=device, trusted=res.origin == "official")
-    tags, thresholds, chinese = load_tag_files(res.files["tag_list"], res.files["thresholds"],
-                                               res.files.get("tag_list_chinese"))
-    return RamTagger(model, tags, thresholds, device=device, batch_size=settings.batch_size,
-                     threshold_override=config.tag_threshold, tag_list_chinese=chinese)
+    try:  # a checkpoint whose class count differs from the tag files is a configuration error, not a bug
+        tags, thresholds, chinese = load_tag_files(res.files["tag_list"], res.files["thresholds"],
+                                                   res.files.get("tag_list_chinese"))
+        return RamTagger(model, tags, thresholds, device=device, batch_size=settings.batch_size,
+                         threshold_override=config.tag_threshold, tag_list_chinese=chinese)
+    except ValueError as exc:
+        raise ConfigError(f"tagger checkpoint {res.files['checkpoint']} does not fit {variant}'s tag list: "
+                          f"{exc}") from exc
 
 
 def pipeline_from(loaded: LoadedModels, config: PipelineConfig) -> Pipeline:

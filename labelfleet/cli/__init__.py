@@ -9,10 +9,8 @@ from __future__ import annotations
 import sys
 
 import typer
-from pydantic import ValidationError
 
 from labelfleet.cli import common, job_cmds, label_cmds, model_cmds
-from labelfleet.errors import LabelfleetError
 
 app = typer.Typer(
     name="labelfleet",
@@ -29,7 +27,7 @@ app.add_typer(model_cmds.models_app, name="models")
 app.add_typer(job_cmds.db_app, name="db")
 
 for _extra in ("labelfleet.cli.cluster_cmds", "labelfleet.cli.review_cmds", "labelfleet.cli.deadletter_cmds",
-               "labelfleet.cli.health_cmds"):
+               "labelfleet.cli.health_cmds", "labelfleet.cli.failures_cmds"):
     try:
         __import__(_extra)
         sys.modules[_extra].register(app)  # type: ignore[attr-defined]
@@ -39,18 +37,7 @@ for _extra in ("labelfleet.cli.cluster_cmds", "labelfleet.cli.review_cmds", "lab
 
 
 def main() -> None:
-    """Console-script entry point: clear one-line errors instead of tracebacks."""
-    try:
-        app()
-    except LabelfleetError as exc:
-        common.console_err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-        sys.exit(2)
-    except ValidationError as exc:  # a LABELFLEET_* env var or flag with a bad value
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            common.console_err.print(f"[bold red]error:[/] setting {where} (env LABELFLEET_{where.upper()}): "
-                                     f"{err['msg']}, got {err.get('input')!r}", highlight=False)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        common.console_err.print("interrupted")
-        sys.exit(130)
+    """Console-script entry point: one clear line and exit 2 for every user/environment error."""
+    from labelfleet.cli.errors import run_cli
+
+    run_cli(app)

@@ -58,36 +58,44 @@ def submit(
     max_tags: int | None = typer.Option(None, "--max-tags", min=1, help="Keep only the N best tags per image."),
     tag_threshold: float | None = typer.Option(None, "--tag-threshold", min=0, max=1,
                                                help="One threshold for all tags (default: RAM's per-class ones)."),
+    changed: bool = typer.Option(False, "--changed", help="Label again the keys whose ETag (folders: size or "
+                                 "modification time) changed since they were listed."),
+    include_hidden: bool = typer.Option(False, "--include-hidden", help="Also list hidden keys (a path part "
+                                        "starting with '.'), skipped by default."),
 ) -> None:
     """Record a job and its items in --db, then enqueue them in chunks for the workers.
 
-    Re-submitting the same job adds nothing twice; an interrupted listing resumes.
+    Re-submitting the same job lists the source again and adds only the new keys (with
+    --changed also changed ones); nothing is added twice; an interrupted listing resumes.
     """
-    from labelfleet.cli.label_cmds import job_config, pick_preset, pipeline_config
+    from labelfleet.cli.label_cmds import job_config, pick_preset, pipeline_config, print_listing
     from labelfleet.storage import open_source
     from labelfleet.tasknames import queue_for
     from orchestrator.dispatch import enqueue_pending
-    from orchestrator.jobs import default_job_name, prepare_job
+    from orchestrator.jobs import default_job_name, list_job
 
     settings = make_settings(db_url=db, broker_url=broker, models=models, chunk_size=chunk_size,
                              s3_endpoint_url=s3_endpoint_url, max_tags=max_tags, tag_threshold=tag_threshold)
     preset = pick_preset(models, tagger, settings.models)
     config = pipeline_config(settings, classes, extra_classes, exclude_tags, no_masks)
-    src = open_source(source, include=include, exclude=exclude, s3_endpoint_url=settings.s3_endpoint_url)
+    src = open_source(source, include=include, exclude=exclude, s3_endpoint_url=settings.s3_endpoint_url,
+                      include_hidden=include_hidden)
     name = job or default_job_name(src.uri)
     factory = _factory(settings, migrate=True)
     broker_url = settings.broker_url.get_secret_value()
     with image_progress() as progress:
-        listing = progress.add_task("listing", total=None)
-        job_id, created = prepare_job(factory, name=name, source=src, config=job_config(
-                                          preset, config, include=include, exclude=exclude,
-                                          s3_endpoint_url=settings.s3_endpoint_url),
-                                      models={"preset": preset.name, "random_weights": preset.random_weights},
-                                      queue=queue_for(preset.name), on_listed=lambda n: progress.advance(listing, n))
+        listing_task = progress.add_task("listing", total=None)
+        listing = list_job(factory, name=name, source=src, config=job_config(
+                               preset, config, include=include, exclude=exclude,
+                               s3_endpoint_url=settings.s3_endpoint_url, include_hidden=include_hidden),
+                           models={"preset": preset.name, "random_weights": preset.random_weights},
+                           queue=queue_for(preset.name), changed=changed,
+                           on_listed=lambda n: progress.advance(listing_task, n))
         queued = progress.add_task("enqueue", total=None)
-        n = enqueue_pending(factory, job_id, broker_url, chunk_size=settings.chunk_size,
+        n = enqueue_pending(factory, listing.job_id, broker_url, chunk_size=settings.chunk_size,
                             on_chunk=lambda k: progress.advance(queued, k))
-    console.print(f"job [bold]{name}[/] {'created' if created else 'continued'}: {n} items enqueued on "
+    print_listing(listing, src.uri)
+    console.print(f"job [bold]{name}[/] {'created' if listing.created else 'continued'}: {n} items enqueued on "
                   f"queue {queue_for(preset.name)}")
     if preset.random_weights:
         console_err.print(f"[bold yellow]{RANDOM_WEIGHTS_WARNING}[/]")
@@ -116,6 +124,9 @@ def worker(
                        ("MODELS", settings.models)):
         os.environ[f"LABELFLEET_{key}"] = value  # child processes and workers.celeryconfig read these
     engine_for(settings).dispose()  # fail fast when the schema is missing or old
+    from labelfleet.settings import check_device
+
+    check_device(settings.device)  # a GPU node without a visible GPU: one line, before Celery starts
     from workers.celery_app import app
 
     qs = split_csv(queues) or (queue_for(settings.models),)

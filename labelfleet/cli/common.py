@@ -23,6 +23,7 @@ from rich.progress import (
 from rich.text import Text
 from sqlalchemy import Engine
 
+from labelfleet.errors import ConfigError
 from labelfleet.settings import Settings
 
 console = Console()
@@ -37,6 +38,9 @@ def global_options(
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging (-v info, -vv debug)."),
 ) -> None:
     """Auto-label image datasets with zero-shot models."""
+    from labelfleet.cli import errors
+
+    errors.VERBOSE = verbose
     level = logging.WARNING - 10 * min(verbose, 2)
     settings = Settings()
     if not verbose and settings.log_level:  # LABELFLEET_LOG_LEVEL applies when no -v is given
@@ -57,20 +61,56 @@ def make_settings(**overrides: Any) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def engine_for(settings: Settings, *, migrate: bool = False) -> Engine:
-    """Engine for the configured DB; ``migrate`` upgrades it to the newest schema first."""
+def engine_for(settings: Settings, *, migrate: bool = False, read_only: bool = False,
+               check_schema: bool = True) -> Engine:
+    """Engine for the configured DB; ``migrate`` upgrades it to the newest schema first.
+
+    ``read_only`` commands never create or write a SQLite file: a missing one is an error.
+    """
     from labelfleet.db import migrate as mig
-    from labelfleet.db.engine import make_engine
+    from labelfleet.db.engine import make_engine, sqlite_file
 
     url = settings.db_url.get_secret_value()
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(url)
+    path = sqlite_file(url)
+    if path is not None:
+        file = Path(path).expanduser()
+        if read_only and not file.is_file():
+            raise ConfigError(f"no SQLite database at {file}; check --db, or create it with `labelfleet label` "
+                              "or `labelfleet db upgrade`")
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the folder {file.parent} for the SQLite database: "
+                              f"{exc.strerror or exc}") from exc
+        query = url.partition("?")[2]
+        url = f"sqlite:///{file}" + (f"?{query}" if query else "")
+    engine = make_engine(url, read_only=read_only and not migrate)
     if migrate:
         mig.upgrade(engine)
-    else:
+        if path is not None:
+            _require_writable_sqlite(Path(path).expanduser())
+    elif check_schema:
         mig.require_head(engine)
     return engine
+
+
+def _require_writable_sqlite(file: Path) -> None:
+    """Fail now (before models load) when a SQLite file cannot be written: read-only file, volume or folder."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(file, timeout=30, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:  # a real write, rolled back: only it fails on a read-only file (SQLite opens those read-only)
+                conn.execute("CREATE TABLE _labelfleet_write_probe (x INTEGER)")
+            finally:
+                conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as exc:
+        raise ConfigError(f"the SQLite database {file} is read-only ({exc}); use a writable --db, or only read "
+                          "commands such as status, jobs and failures") from exc
 
 
 class RateColumn(ProgressColumn):

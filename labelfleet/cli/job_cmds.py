@@ -23,8 +23,8 @@ def status(
     job: str = typer.Argument(..., help="Job name."),
     db: str | None = DbOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (job, state, total, done, "
-                                 "failed, skipped, poison, pending, running, detections, tags, failures, "
-                                 "dead_letters)."),
+                                 "failed, skipped, poison, pending, running, detections, tags, failures, workers, "
+                                 "last_listing, dead_letters)."),
     watch: bool = typer.Option(False, "--watch", help="Follow the job with a progress bar until it is done."),
 ) -> None:
     """Show a job's progress, label counts, failure reasons and throughput per worker."""
@@ -33,7 +33,7 @@ def status(
     from labelfleet.db.repository import get_job
 
     settings = make_settings(db_url=db)
-    engine = engine_for(settings)
+    engine = engine_for(settings, read_only=True)
     factory = session_factory(engine)
 
     def read() -> dict[str, Any]:
@@ -89,9 +89,17 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(table)
     for f in summary["failures"]:
         console.print(f"  {f['count']:>5} {f['status']}: {f['reason']}", highlight=False)
+    listing = summary.get("last_listing")
+    if listing:
+        skipped = ", ".join(f"{n} {r}" for r, n in sorted(listing.get("skipped", {}).items(), key=lambda x: -x[1]))
+        changed = f", {listing['changed']} changed ({listing['relabelled']} labelled again)" \
+            if listing.get("changed") else ""
+        console.print(f"  last listing ({str(listing.get('at', ''))[:19]}): {listing.get('images', 0)} images, "
+                      f"{listing.get('added', 0)} added{changed}"
+                      + (f"; skipped: {skipped}" if skipped else ""), highlight=False)
     for w in summary.get("workers", []):
-        console.print(f"  worker {w['worker']}: {w['done']} done in the last 5 min ({w['images_per_s']} img/s)",
-                      highlight=False)
+        console.print(f"  worker {w['worker']}: {w['done']} done in the last 5 min, {w['images_per_s']} img/s "
+                      f"over its {w['active_s']:.1f} s of activity", highlight=False)
     if summary.get("random_weights"):
         console.print(f"[bold yellow]{RANDOM_WEIGHTS_WARNING}[/]")
 
@@ -101,7 +109,7 @@ def jobs(db: str | None = DbOpt) -> None:
     from labelfleet.db.engine import session_factory
     from labelfleet.db.queries import list_jobs
 
-    engine = engine_for(make_settings(db_url=db))
+    engine = engine_for(make_settings(db_url=db), read_only=True)
     with session_factory(engine)() as s:
         rows = list_jobs(s)
     engine.dispose()
@@ -125,9 +133,8 @@ def db_upgrade(db: str | None = DbOpt) -> None:
 @db_app.command("current")
 def db_current(db: str | None = DbOpt) -> None:
     """Print the database's schema revision and the newest one this code knows."""
-    from labelfleet.db.engine import make_engine
     from labelfleet.db.migrate import current_revision, head_revision
 
-    engine = make_engine(make_settings(db_url=db).db_url.get_secret_value())
+    engine = engine_for(make_settings(db_url=db), read_only=True, check_schema=False)
     console.print(f"current {current_revision(engine) or 'none'}, head {head_revision()}")
     engine.dispose()

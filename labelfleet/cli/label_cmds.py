@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +48,71 @@ def pipeline_config(settings: Any, classes: str | None, extra_classes: str | Non
         text_threshold=settings.text_threshold, nms_iou=settings.nms_iou, segment=not no_masks)
     if config.classes == ():
         raise ConfigError("--classes is empty; give class names like 'cat,dog' or leave it out for automatic tags")
+    check_class_names([*(config.classes or ()), *config.extra_classes])
     return config
 
 
+#: Words and punctuation of a class name; each is at least one BERT token, so this bounds the count from below.
+_PIECES = re.compile(r"\w+|[^\w\s]")
+
+
+def check_class_names(names: list[str], count_tokens: Any = None) -> None:
+    """Reject, before any image, class names GroundingDINO cannot read in one prompt (256 tokens).
+
+    Without ``count_tokens`` (no tokenizer loaded yet) a lower bound is used: words +
+    punctuation + ``[CLS] . [SEP]``; with the detector's tokenizer the count is exact.
+    """
+    from labelfleet.captions import MAX_TEXT_TOKENS, build_caption, normalize_class, split_classes
+
+    for name in names:
+        try:
+            norm = normalize_class(name)
+        except ValueError as exc:
+            raise ConfigError(f"class name {name!r}: {exc}") from None
+        low = len(_PIECES.findall(norm)) + 3
+        if low > MAX_TEXT_TOKENS:
+            raise ConfigError(f"class name {_short(name)} is at least {low} tokens long; GroundingDINO reads at "
+                              f"most {MAX_TEXT_TOKENS} tokens per prompt: shorten it")
+    if count_tokens is None or not names:
+        return
+    quiet = logging.getLogger("transformers")  # its "sequence longer than 512" warning says nothing useful here
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        split_classes(names, count_tokens, MAX_TEXT_TOKENS)
+    except ValueError as exc:
+        bad = next((n for n in names if count_tokens(build_caption([n])) > MAX_TEXT_TOKENS), names[0])
+        raise ConfigError(f"class name {_short(bad)} is {count_tokens(build_caption([bad]))} tokens long; "
+                          f"GroundingDINO reads at most {MAX_TEXT_TOKENS} tokens per prompt: shorten it") from exc
+    finally:
+        quiet.setLevel(level)
+
+
+def _short(name: str) -> str:
+    return repr(name if len(name) <= 60 else name[:57] + "...")
+
+
 def job_config(preset: Preset, pipeline_config: Any, *, include: list[str], exclude: list[str],
-               s3_endpoint_url: str | None) -> dict[str, Any]:
+               s3_endpoint_url: str | None, include_hidden: bool = False) -> dict[str, Any]:
     """What defines a job (compared on re-runs): models, pipeline settings and how the source is read."""
-    return {"preset": preset.name, "tagger": preset.tagger if pipeline_config.automatic else None,
-            "detector": preset.detector, "segmenter": preset.segmenter, "include": list(include),
-            "exclude": list(exclude), "s3_endpoint_url": s3_endpoint_url, **pipeline_config.to_json()}
+    cfg = {"preset": preset.name, "tagger": preset.tagger if pipeline_config.automatic else None,
+           "detector": preset.detector, "segmenter": preset.segmenter, "include": list(include),
+           "exclude": list(exclude), "s3_endpoint_url": s3_endpoint_url, **pipeline_config.to_json()}
+    if include_hidden:  # only when set, so jobs created before the option keep their config
+        cfg["include_hidden"] = True
+    return cfg
+
+
+def print_listing(listing: Any, source_uri: str) -> None:
+    """The listing's summary line; a hint when the source holds no image at all."""
+    if not listing.listed:
+        return
+    console.print(f"listing {source_uri}: {listing.summary()}", highlight=False)
+    if listing.report is not None and listing.report.images == 0:
+        from labelfleet.images import IMAGE_EXTENSIONS
+
+        console.print(f"  no images found; listed extensions: {' '.join(sorted(IMAGE_EXTENSIONS))} (hidden files "
+                      "need --include-hidden)", highlight=False)
 
 
 def label(
@@ -88,10 +146,15 @@ def label(
                                  "person reviewed are kept)."),
     overwrite_reviewed: bool | None = typer.Option(None, "--overwrite-reviewed", help="With --relabel: replace "
                                                    "reviewed labels too."),
+    changed: bool = typer.Option(False, "--changed", help="Label again the images whose size or modification "
+                                 "time (S3: ETag) changed since they were listed."),
+    include_hidden: bool = typer.Option(False, "--include-hidden", help="Also list hidden files and folders "
+                                        "(names starting with '.'), skipped by default."),
 ) -> None:
     """Label every image of SOURCE in this process and store the labels in --db.
 
-    Creates the job, or continues it: images already done are skipped, and
+    Creates the job, or continues it: the source is listed again and only new images
+    (with --changed also changed ones) are labelled; images already done are skipped, and
     Ctrl-C leaves the job consistent so the same command resumes it.
     """
     from labelfleet.storage import open_source
@@ -101,67 +164,104 @@ def label(
                              tag_threshold=tag_threshold, max_tags=max_tags, overwrite_reviewed=overwrite_reviewed)
     preset = pick_preset(models, tagger, settings.models)
     config = pipeline_config(settings, classes, extra_classes, exclude_tags, no_masks)
-    src = open_source(source, include=include, exclude=exclude, s3_endpoint_url=settings.s3_endpoint_url)
+    src = open_source(source, include=include, exclude=exclude, s3_endpoint_url=settings.s3_endpoint_url,
+                      include_hidden=include_hidden, read_timeout_s=settings.read_timeout_s)
+    from labelfleet.settings import check_device
     from orchestrator.jobs import default_job_name
 
     name = job or default_job_name(src.uri)
-    if preset.random_weights:
-        console_err.print(f"[bold yellow]{RANDOM_WEIGHTS_WARNING}[/]")
+    check_device(settings.device)  # before minutes of model loading
     engine = engine_for(settings, migrate=True)
     checkpoints = {"detector": detector_checkpoint, "segmenter": segmenter_checkpoint, "tagger": tagger_checkpoint}
     try:
-        summary = _run(engine, settings, src, name, preset, config, checkpoints, offline, relabel)
+        summary = _run(engine, settings, src, name, preset, config, checkpoints, offline=offline, relabel=relabel,
+                       changed=changed, include_hidden=include_hidden)
     finally:
         engine.dispose()
     _print_summary(summary, preset)
 
 
+def _list(factory: Any, name: str, src: Any, cfg: dict[str, Any], models: dict[str, Any], changed: bool) -> Any:
+    from orchestrator.jobs import list_job
+
+    with image_progress() as progress:
+        task = progress.add_task("listing", total=None)
+        listing = list_job(factory, name=name, source=src, config=cfg, models=models, changed=changed,
+                           on_listed=lambda n: progress.advance(task, n))
+        progress.remove_task(task)
+    print_listing(listing, src.uri)
+    return listing
+
+
 def _run(engine: Any, settings: Any, src: Any, name: str, preset: Preset, config: Any,
-         checkpoints: dict[str, Path | None], offline: bool, relabel: bool) -> dict[str, Any]:
+         checkpoints: dict[str, Path | None], *, offline: bool, relabel: bool, changed: bool,
+         include_hidden: bool) -> dict[str, Any]:
+    """List (an existing job before any model loads), load the models, label what is pending."""
     from sqlalchemy import select
 
     from labelfleet.db import repository as repo
     from labelfleet.db.engine import session_factory
     from labelfleet.db.models import Job
     from labelfleet.db.queries import job_summary, status_counts
-    from orchestrator.jobs import prepare_job
-    from workers.local import local_owner, run_local
     from workers.models import build_pipeline
-    from workers.processing import ItemProcessor
 
     factory = session_factory(engine)
     cfg = job_config(preset, config, include=src.key_filter.include, exclude=src.key_filter.exclude,
-                     s3_endpoint_url=settings.s3_endpoint_url if src.uri.startswith("s3://") else None)
+                     s3_endpoint_url=settings.s3_endpoint_url if src.uri.startswith("s3://") else None,
+                     include_hidden=include_hidden)
     with factory() as s:  # fail before loading models if the job exists with other settings
         existing = s.scalar(select(Job).where(Job.name == name))
         if existing is not None:
             repo.get_or_create_job(s, name, src.uri, cfg, existing.models)
-    with console_err.status("loading models..."):
-        pipeline, provenance = build_pipeline(preset, settings, config, checkpoints=checkpoints,
-                                              allow_download=not offline, progress=_download_bar())
-    with image_progress() as progress:
-        listing = progress.add_task("listing", total=None)
-        job_id, _ = prepare_job(factory, name=name, source=src, config=cfg, models=provenance,
-                                on_listed=lambda n: progress.advance(listing, n))
-        progress.remove_task(listing)
+            existing_models = dict(existing.models)
+    job_id = None
+    if existing is not None:
+        job_id = _list(factory, name, src, cfg, existing_models, changed).job_id
         with factory() as s:
             if relabel:
                 repo.reset_for_relabel(s, job_id)
             counts = status_counts(s, job_id)
-        todo = counts["pending"] + counts["running"]
-        task = progress.add_task(f"labelling {name}", total=todo)
+        if counts["pending"] + counts["running"] == 0:  # nothing new: no model is loaded
+            with factory() as s:
+                repo.mark_job_finished(s, job_id)
+                console.print(f"job {name}: nothing new to label", highlight=False)
+                return job_summary(s, repo.get_job(s, name))
+    with console_err.status("loading models..."):
+        pipeline, provenance = build_pipeline(preset, settings, config, checkpoints=checkpoints,
+                                              allow_download=not offline, progress=_download_bar())
+    names = [*(config.classes or ()), *config.extra_classes]
+    check_class_names(names, getattr(pipeline.detector, "count_tokens", None))  # exact, before any image
+    if job_id is None:
+        job_id = _list(factory, name, src, cfg, provenance, changed).job_id
+    if preset.random_weights:  # after every up-front check, so a failure stays one line
+        console_err.print(f"[bold yellow]{RANDOM_WEIGHTS_WARNING}[/]")
+    _label_pending(factory, job_id, name, pipeline, settings, src)
+    with factory() as s:
+        repo.mark_job_finished(s, job_id)
+        return job_summary(s, repo.get_job(s, name))
+
+
+def _label_pending(factory: Any, job_id: int, name: str, pipeline: Any, settings: Any, src: Any) -> None:
+    from labelfleet.db.queries import status_counts
+    from labelfleet.storage.local import abort_reads
+    from workers.local import local_owner, run_local
+    from workers.processing import ItemProcessor
+
+    with factory() as s:
+        counts = status_counts(s, job_id)
+    with image_progress() as progress:
+        task = progress.add_task(f"labelling {name}", total=counts["pending"] + counts["running"])
         processor = ItemProcessor(factory, pipeline, settings, local_owner(), src,
                                   on_item=lambda _status: progress.advance(task))
         try:
             run_local(factory, job_id, processor, settings)
         except KeyboardInterrupt:
+            abort_reads()  # a read stuck on a slow file must not keep the process alive
             console_err.print(f"\n[yellow]interrupted:[/] job {name!r} is consistent; run the same command "
                               "again to continue where it stopped.")
             raise typer.Exit(130) from None
         finally:
             processor.close()
-    with factory() as s:
-        return job_summary(s, repo.get_job(s, name))
 
 
 def _download_bar() -> Any:
@@ -241,14 +341,18 @@ def segment(
         raise ConfigError("give --box and/or --point prompts, or --everything")
     settings = make_settings(models=models, device=device)
     preset = get_preset(settings.models)
+    from labelfleet.settings import check_device
+
+    resolved = check_device(settings.device)
+    try:  # an unwritable --out fails now, not after the model ran
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the folder {out.parent} for --out: {exc.strerror or exc}") from exc
     if preset.random_weights:
         console_err.print(f"[bold yellow]{RANDOM_WEIGHTS_WARNING}[/]")
     res = resolve_model(preset.segmenter, "segmenter", settings, checkpoint=segmenter_checkpoint)
-    from labelfleet.settings import resolve_device
-
-    seg = build_segmenter(res.key, checkpoint=res.files["checkpoint"], device=resolve_device(settings.device))
+    seg = build_segmenter(res.key, checkpoint=res.files["checkpoint"], device=resolved)
     arr = decode_image(image.read_bytes(), max_pixels=settings.max_image_pixels).array
-    out.parent.mkdir(parents=True, exist_ok=True)
     if everything:
         found = seg.segment_everything(arr)
         index = np.zeros(arr.shape[:2], np.uint16)

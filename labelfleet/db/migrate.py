@@ -5,20 +5,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from alembic import command
 from labelfleet.errors import ConfigError
 
-_REPO = Path(__file__).resolve().parents[2]
+#: The migration scripts, shipped inside the package (so an installed wheel can migrate).
+SCRIPTS = Path(__file__).resolve().parent / "migrations"
 
 
 def alembic_config(engine: Engine | None = None) -> Config:
-    """Config pointing at the project's ``alembic/`` folder (override: ``LABELFLEET_ALEMBIC_DIR``)."""
-    script_dir = Path(os.environ.get("LABELFLEET_ALEMBIC_DIR", _REPO / "alembic"))
+    """Config pointing at ``labelfleet/db/migrations`` (override: ``LABELFLEET_ALEMBIC_DIR``)."""
+    script_dir = Path(os.environ.get("LABELFLEET_ALEMBIC_DIR") or SCRIPTS)
     if not (script_dir / "env.py").exists():
         raise ConfigError(f"migration scripts not found at {script_dir}; set LABELFLEET_ALEMBIC_DIR")
     cfg = Config()

@@ -73,6 +73,10 @@ class Job(Base):
     created_at: Mapped[datetime] = _now_col()
     updated_at: Mapped[datetime] = _now_col(onupdate=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # --- issue 11: what the latest listing found ({"at", "images", "added", "changed", "relabelled",
+    # "skipped": {reason: n}, "unreadable": {reason: n}}); None before the first listing.
+    listing_report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # --- end issue 11
 
     items: Mapped[list[Item]] = relationship(back_populates="job", passive_deletes=True)
 

@@ -46,14 +46,34 @@ def failure_reasons(session: Session, job_id: int, limit: int = 10) -> list[dict
     return [{"status": s, "reason": e, "count": int(n)} for s, e, n in rows]
 
 
+def _as_utc(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)  # SQLite returns naive UTC
+
+
 def worker_throughput(session: Session, job_id: int, window_s: int = 300) -> list[dict[str, Any]]:
-    """Items finished per worker process over the last ``window_s`` seconds (images/s)."""
+    """Items finished per worker process in the last ``window_s`` s, and its rate while it was active.
+
+    The active window runs from the start of the worker's first item in the window (its
+    ``finished_at`` minus its own stage timings) to its last ``finished_at``; ``images_per_s``
+    is ``done / active_s``, so a worker that ran 20 s of the 5 minutes is not shown 15x slower.
+    """
     since = datetime.now(UTC) - timedelta(seconds=window_s)
     rows = session.execute(
-        select(Item.worker, func.count()).where(Item.job_id == job_id, Item.status == ItemStatus.DONE,
-                                                Item.finished_at >= since).group_by(Item.worker)).all()
-    return [{"worker": str(w).rsplit(":", 1)[0], "done": int(n), "images_per_s": round(n / window_s, 3)}
-            for w, n in rows if w]
+        select(Item.worker, func.count(), func.min(Item.finished_at), func.max(Item.finished_at))
+        .where(Item.job_id == job_id, Item.status == ItemStatus.DONE, Item.finished_at >= since)
+        .group_by(Item.worker)).all()
+    out = []
+    for worker, n, first, last in rows:
+        if not worker or first is None or last is None:
+            continue
+        timings = session.scalar(select(Item.timings).where(
+            Item.job_id == job_id, Item.worker == worker, Item.status == ItemStatus.DONE,
+            Item.finished_at == first).limit(1)) or {}
+        first_cost = sum(float(v) for k, v in timings.items() if k != "read_decode")  # decode overlaps models
+        active = max((_as_utc(last) - _as_utc(first)).total_seconds() + first_cost, 1e-3)
+        out.append({"worker": str(worker).rsplit(":", 1)[0], "done": int(n), "active_s": round(active, 3),
+                    "images_per_s": round(int(n) / active, 3)})
+    return out
 
 
 def job_summary(session: Session, job: Job) -> dict[str, Any]:
@@ -78,6 +98,8 @@ def job_summary(session: Session, job: Job) -> dict[str, Any]:
         "failures": failure_reasons(session, job.id),
         "workers": worker_throughput(session, job.id),
         "created_at": job.created_at.isoformat() if job.created_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "last_listing": job.listing_report,
     }
 
 

@@ -297,3 +297,80 @@ def release_dead_owners(session: Session, job_id: int, is_dead: Any, max_attempt
     return sum(release_items(session, session.scalars(select(Item.id).where(
         Item.job_id == job_id, Item.lease_owner == o)).all(), o, refund=False, max_attempts=max_attempts,
         reason="the process labelling it died") for o in owners if o and is_dead(o))
+
+
+# --- issue 11: incremental re-listing -------------------------------------------------------------------------
+def _is_changed(stored_size: int | None, stored_etag: str | None, ref: ImageRef) -> bool:
+    """Whether a listed object differs from the item: ETag (S3, or ``size-mtime`` locally) else size."""
+    if stored_etag is not None and ref.etag is not None:
+        return stored_etag != ref.etag
+    return stored_size is not None and ref.size is not None and stored_size != ref.size
+
+
+def sync_items(session: Session, job: Job, refs: Iterable[ImageRef], *, relabel_changed: bool = False,
+               batch_size: int = 1000) -> tuple[int, int, int]:
+    """Merge a full re-listing into a listed job: insert new keys, find changed ones.
+
+    A key is *changed* when its ETag (or, without one, its size) differs from the item's.
+    With ``relabel_changed`` a changed, not running item goes back to pending with fresh
+    attempts and takes the new size/ETag (its labels are replaced when it is done again;
+    reviewed labels stay, see :func:`finish_item`). Items that had no ETag get the listed one.
+    Commits per batch. Returns ``(added, changed, relabelled)``.
+    """
+    added = changed = relabelled = 0
+    batch: list[ImageRef] = []
+
+    def flush() -> None:
+        nonlocal added, changed, relabelled
+        keys = [r.key for r in batch]
+        have = {k: (i, size, etag, st) for i, k, size, etag, st in session.execute(
+            select(Item.id, Item.key, Item.size, Item.etag, Item.status)
+            .where(Item.job_id == job.id, Item.key.in_(keys)))}
+        new = [{"job_id": job.id, "key": r.key, "size": r.size, "etag": r.etag, "status": ItemStatus.PENDING,
+                "attempts": 0} for r in batch if r.key not in have]
+        if new:
+            stmt = (_insert_ignore(session).values(new)
+                    .on_conflict_do_nothing(index_elements=["job_id", "key"]).returning(Item.id))
+            added += len(session.scalars(stmt).all())
+        updates: list[dict[str, Any]] = []
+        for r in batch:
+            if r.key not in have:
+                continue
+            item_id, size, etag, status = have[r.key]
+            if _is_changed(size, etag, r):
+                changed += 1
+                if relabel_changed and status != ItemStatus.RUNNING:
+                    relabelled += 1
+                    updates.append({"id": item_id, "size": r.size, "etag": r.etag, "status": ItemStatus.PENDING,
+                                    "attempts": 0, "error": None, "enqueued_at": None, "finished_at": None})
+            elif etag is None and r.etag is not None:
+                updates.append({"id": item_id, "etag": r.etag})
+        for values in updates:  # rows differ in their columns: one UPDATE each (changed items are few)
+            item_id = values.pop("id")
+            session.execute(update(Item).where(Item.id == item_id).values(**values))
+        session.commit()
+        batch.clear()
+
+    for ref in refs:
+        batch.append(ref)
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    if added or relabelled:
+        session.execute(update(Job).where(Job.id == job.id, Job.state == JobState.DONE)
+                        .values(state=JobState.RUNNING, finished_at=None))
+        session.commit()
+    return added, changed, relabelled
+
+
+def mark_job_finished(session: Session, job_id: int) -> bool:
+    """Store ``state=done`` and ``finished_at`` once every item of a fully listed job is final. Commits."""
+    unfinished = select(Item.id).where(Item.job_id == job_id, Item.status.notin_(list(FINAL_STATUSES)))
+    n = rowcount(session.execute(
+        update(Job).where(Job.id == job_id, Job.listing_done.is_(True),
+                          Job.state.notin_([JobState.DONE, JobState.CANCELLED]), ~unfinished.exists())
+        .values(state=JobState.DONE, finished_at=utcnow())))
+    session.commit()
+    return n == 1
+# --- end issue 11

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from labelfleet.errors import ConfigError, ItemSkipped, PermanentError, StorageError
-from labelfleet.images import is_image_key
-from labelfleet.storage.base import KeyFilter
+from labelfleet.images import is_image_key, unsupported_reason
+from labelfleet.storage.base import KeyFilter, ListingReport, is_hidden
 from labelfleet.types import ImageRef
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ class S3Source:
         self._client = client
         self._lock = threading.Lock()
         self.endpoint_url = endpoint_url
+        self.include_hidden = False  # see labelfleet.storage.base.is_hidden
+        self.report = ListingReport()
 
     @property
     def client(self) -> Any:
@@ -66,12 +68,21 @@ class S3Source:
         if start_after:
             kw["StartAfter"] = self.prefix + start_after
         pages = self.client.get_paginator("list_objects_v2").paginate(**kw)
+        self.report = report = ListingReport()
         try:
             for page in pages:
                 for obj in page.get("Contents", []):
                     key = obj["Key"][len(self.prefix):]
-                    if key and not key.endswith("/") and is_image_key(key) and self.key_filter(key):
-                        yield ImageRef(self.uri, key, int(obj.get("Size", 0)), str(obj.get("ETag", "")).strip('"'))
+                    if not key or key.endswith("/"):
+                        continue
+                    reason = ("hidden" if is_hidden(key) and not self.include_hidden else
+                              unsupported_reason(key) if not is_image_key(key) else
+                              "excluded by --include/--exclude" if not self.key_filter(key) else None)
+                    if reason is not None:
+                        report.skip(reason, key)
+                        continue
+                    report.images += 1
+                    yield ImageRef(self.uri, key, int(obj.get("Size", 0)), str(obj.get("ETag", "")).strip('"'))
         except Exception as exc:
             _reraise(exc, f"listing {self.uri}")
 

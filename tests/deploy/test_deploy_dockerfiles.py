@@ -89,8 +89,6 @@ def test_dockerignore_allow_list() -> None:
         "labelfleet/",
         "orchestrator/",
         "workers/",
-        "alembic/",
-        "alembic.ini",
         "deploy/wait_for_migrations.py",
     ):
         assert f"!{needed}" in lines, needed

@@ -97,9 +97,9 @@ def read_checkpoint(path: Path, *, trusted: bool = False) -> dict[str, torch.Ten
     except pickle.UnpicklingError as exc:
         if not trusted:
             raise RamCheckpointError(
-                f"{path} cannot be loaded with torch.load(weights_only=True) ({str(exc).splitlines()[0]}). "
-                "Loading it needs full unpickling, which can run arbitrary code: verify its sha256 and pass "
-                "trusted=True."
+                f"{path} is not a plain weights file: it needs full unpickling, which can run arbitrary code, "
+                "so labelfleet does not load it (only official checkpoints with a verified sha256 are unpickled). "
+                "Re-save it as plain tensors: torch.save({'model': model.state_dict()}, path)"
             ) from exc
         logger.info("re-reading trusted checkpoint %s with weights_only=False", path)
         try:

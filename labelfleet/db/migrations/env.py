@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from alembic import context
 from sqlalchemy import Connection
 
-from alembic import context
 from labelfleet.db import models  # noqa: F401  (registers every table on Base.metadata)
 from labelfleet.db.base import Base
 from labelfleet.db.engine import make_engine
