@@ -119,7 +119,7 @@ def check_coco(path: Path, view: dict[str, list[dict[str, Any]]], classes: list[
         for img_path, _img, dets in ds:
             anns = coco.loadAnns(coco.getAnnIds(imgIds=[names[Path(img_path).name]]))
             want = sorted(int(coco.annToMask(a).sum()) if a["segmentation"] else 0 for a in anns)
-            assert sorted(int(m.sum()) for m in dets.mask) == want
+            assert sorted(int(m.sum()) for m in (dets.mask if dets.mask is not None else [])) == want
 
 
 def check_yolo(root: Path, view: dict[str, list[dict[str, Any]]], classes: list[str], *, seg: bool) -> None:
@@ -132,21 +132,24 @@ def check_yolo(root: Path, view: dict[str, list[dict[str, Any]]], classes: list[
     random = any(lab for lab in _by_key(view).values()) and "labelfleet_random_weights: true" in text
     data = check_det_dataset(str(root / "dataset.yaml"), autodownload=False)
     assert data["nc"] == len(classes) and data["names"] == dict(enumerate(classes))
-    total: Counter[int] = Counter()
+    files: Counter[int] = Counter()
     parts = {data["train"], data["val"]}
     for part in parts:
         ds = YOLODataset(img_path=part, data=data, task="segment" if seg else "detect", augment=False)
+        lines = {Path(f).stem: Path(f).read_text().splitlines()
+                 for f in Path(part.replace("images", "labels")).glob("*.txt")}
+        files.update(int(ln.split()[0]) for v in lines.values() for ln in v)
+        # Ultralytics drops exact duplicate lines (two labels with the same class and polygon)
+        assert sum(len(lb["cls"]) for lb in ds.labels) == sum(len(set(v)) for v in lines.values())
         for lb in ds.labels:
-            total.update(int(c) for c in lb["cls"].reshape(-1))
             if seg:
                 assert len(lb["segments"]) == len(lb["cls"])
         sv_ds = sv.DetectionDataset.from_yolo(images_directory_path=part,
                                               annotations_directory_path=part.replace("images", "labels"),
                                               data_yaml_path=str(root / "dataset.yaml"), force_masks=seg)
-        assert sum(len(d) for _, _, d in sv_ds) == sum(len(lb["cls"]) for lb in ds.labels)
+        assert sum(len(d) for _, _, d in sv_ds) == sum(len(v) for v in lines.values())
         assert sv_ds.classes == classes
-    want = Counter(classes.index(lab["class_name"]) for lab in _by_key(view).values())
-    assert total == want
+    assert files == Counter(classes.index(lab["class_name"]) for lab in _by_key(view).values())
     assert random or "labelfleet_random_weights: false" in text
 
 

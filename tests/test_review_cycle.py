@@ -50,7 +50,7 @@ def _view(db_url: str, job: str, **kw: Any) -> dict[str, list[dict[str, Any]]]:
 def _decisions(db_url: str) -> list[tuple]:
     engine = make_engine(db_url)
     with session_factory(engine)() as s:
-        rows = [(d.id, d.prediction_id, d.action, d.reviewer, d.x0, d.y0, d.x1, d.y1, d.class_name)
+        rows = [(d.id, d.prediction_id, d.action, d.reviewer, d.x0, d.y0, d.x1, d.y1, d.class_name, d.item_id)
                 for d in s.scalars(select(ReviewDecision).order_by(ReviewDecision.id))]
     engine.dispose()
     return rows
@@ -94,7 +94,7 @@ def _review_in_app(ds: Any) -> dict[str, Any]:
 
 
 def _exif_rotated(folder: Path) -> None:
-    """One more image stored sideways with EXIF orientation 6 (upright it is 240 x 320)."""
+    """One more image stored sideways (240 x 320 pixels) with EXIF orientation 6: upright it is 320 x 240."""
     img = scene(77).rotate(90, expand=True)  # what a phone stores; readers rotate it back
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -146,17 +146,23 @@ def _assert_no_resurrection(db_url: str, job: str, decisions: list[tuple], befor
     with session_factory(engine)() as s:
         preds = {d.id: d for d in s.scalars(select(Detection))}
         runs = s.execute(select(Detection.run_id, func.count()).group_by(Detection.run_id)).all()
+        keys = dict(s.execute(select(Item.id, Item.key)).all())
     engine.dispose()
     assert len(runs) == 2  # the relabel added a run; predictions of run 1 are kept
-    regions = [(d[4], d[5], d[6], d[7]) for d in decisions]
-    regions += [(p.x0, p.y0, p.x1, p.y1) for p in (preds[d[1]] for d in decisions if d[1] is not None)]
+    regions: dict[str, list[tuple]] = {}
+    for d in decisions:  # every region a human decided on: the decision's box and its prediction's box
+        regions.setdefault(keys[d[9]], []).append((d[4], d[5], d[6], d[7]))
+        if d[1] is not None:
+            p = preds[d[1]]
+            regions[keys[d[9]]].append((p.x0, p.y0, p.x1, p.y1))
     latest = max(r for r, _ in runs)
     after = _view(db_url, job, include_rejected=True)
     for key, labels in after.items():
         for lab in labels:
             if lab["review_status"] is None:
                 assert lab["run_id"] == latest
-                assert all(box_iou(r, (lab["x0"], lab["y0"], lab["x1"], lab["y1"])) < 0.5 for r in regions), lab
+                box = (lab["x0"], lab["y0"], lab["x1"], lab["y1"])
+                assert all(box_iou(r, box) < 0.5 for r in regions.get(key, [])), lab
         shown = sorted((lab["review_status"] or "") for lab in labels if lab["decision_id"] is not None)
         want = sorted((lab["review_status"] or "") for lab in before[key] if lab["decision_id"] is not None)
         assert [s for s in shown if s != "rejected"] == want, key
@@ -193,7 +199,7 @@ def _check_exports(db_url: str, job: str, tmp: Path, monkeypatch: pytest.MonkeyP
     rotated = json.loads((tmp / "export-coco-0" / "labels.json").read_text())
     img = next(i for i in rotated["images"] if i["lf_key"] == "img_rotated.jpg")
     with Image.open(tmp / "export-coco-0" / "data" / img["file_name"]) as im:
-        assert im.size == (img["width"], img["height"]) == (240, 320)  # upright without EXIF handling
+        assert im.size == (img["width"], img["height"]) == (320, 240)  # upright without EXIF handling
         assert im.getexif().get(0x0112, 1) == 1
     # the same class ids whatever the filters
     for extra in (["--min-score", "0.99"], ["--reviewed-only"]):

@@ -146,7 +146,7 @@ def _print_sync(report: Any) -> None:
                   f"{report.edited} edited, {report.added} added, {report.deleted} deleted "
                   f"({report.written} decisions written{masks})"
                   + (f"; {report.unknown} labels whose database row is gone ignored" if report.unknown else ""),
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
 
 
 def export(
@@ -192,7 +192,7 @@ def export(
     finally:
         engine.dispose()
     console.print(f"exported {stats['labels']} labels of {stats['images']} images as {fmt} to {out} "
-                  f"in {stats['seconds']:.1f}s", highlight=False)
+                  f"in {stats['seconds']:.1f}s", highlight=False, soft_wrap=True)
 
 
 def preview(

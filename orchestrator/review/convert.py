@@ -76,22 +76,26 @@ def to_fo_detection(row: Mapping[str, Any], frame_size: tuple[int, int]) -> Any:
     """One labelfleet detection -> ``fo.Detection``.
 
     Args:
-        row: detection columns: ``x0, y0, x1, y1`` (absolute px xyxy floats), ``class_name``,
-            ``score``, optional ``mask`` (full-frame COCO RLE of size ``[H, W]``), ``id``,
-            ``phrase``, ``tag``, ``review_status``.
+        row: a label of :func:`labelfleet.db.labels.current_labels` (or detection columns):
+            ``x0, y0, x1, y1`` (absolute px xyxy floats), ``class_name``, ``score`` (None for
+            labels a person drew), optional ``mask`` (a mask record of an ``[H, W]`` frame),
+            ``prediction_id`` / ``id``, ``decision_id``, ``run_id``, ``phrase``, ``tag``,
+            ``review_status``.
         frame_size: ``(width, height)`` of the upright image in pixels (this order).
 
     Returns:
         ``fo.Detection`` with relative ``[x, y, w, h]`` box, ``label=class_name``,
-        ``confidence=score``, a box-cropped bool ``mask``, attribute ``lf_id`` = DB id and
-        the label tag ``accept``/``reject`` mirroring a stored review status.
+        ``confidence=score``, a box-cropped bool ``mask``, attributes ``lf_id`` (prediction id),
+        ``lf_decision``, ``lf_run``, ``review_status`` (``unreviewed`` or the status) and the label
+        tag ``accept``/``reject`` mirroring a stored decision.
     """
     fo = import_fiftyone()
     w, h = _check_frame(frame_size)
     xyxy = (float(row["x0"]), float(row["y0"]), float(row["x1"]), float(row["y1"]))
     if xyxy[2] < xyxy[0] or xyxy[3] < xyxy[1]:
         raise ValueError(f"box must be xyxy with x1 >= x0 and y1 >= y0, but got {xyxy}")
-    det = fo.Detection(label=str(row["class_name"]), confidence=float(row["score"]),
+    score = row.get("score")
+    det = fo.Detection(label=str(row["class_name"]), confidence=None if score is None else float(score),
                        bounding_box=[xyxy[0] / w, xyxy[1] / h,
                                      (xyxy[2] - xyxy[0]) / w, (xyxy[3] - xyxy[1]) / h])
     rec = row.get("mask")

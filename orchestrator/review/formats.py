@@ -62,7 +62,7 @@ def polygons(m: BoolArray, x_lo: int, y_lo: int, label: dict[str, Any]) -> list[
             continue
         pts[:, 0] = np.clip(pts[:, 0], label["x0"], label["x1"])
         pts[:, 1] = np.clip(pts[:, 1], label["y0"], label["y1"])
-        out.append([round(float(v), 3) for v in pts.reshape(-1)])
+        out.append([float(v) for v in pts.reshape(-1)])
     return out
 
 
