@@ -151,7 +151,9 @@ def test_ctrl_c_leaves_a_resumable_job(tmp_path: Path, db_url: str, lf_env: Path
 
 
 def test_relabel_keeps_reviewed_labels_unless_overwritten(tmp_path: Path, sqlite_url: str, lf_env: Path) -> None:
-    from sqlalchemy import update
+    from labelfleet.db.labels import current_labels
+    from labelfleet.db.models import ReviewDecision
+    from labelfleet.db.repository import utcnow
 
     write_scenes(tmp_path / "rv", 3)
     args = ["label", str(tmp_path / "rv"), "--db", sqlite_url, "--models", "tiny-random", "--classes", "cat,dog"]
@@ -161,23 +163,26 @@ def test_relabel_keeps_reviewed_labels_unless_overwritten(tmp_path: Path, sqlite
     with factory() as s:
         det = s.scalars(select(Detection).order_by(Detection.id)).first()
         assert det is not None
-        s.execute(update(Detection).where(Detection.id == det.id).values(review_status="rejected",
-                                                                         reviewed_by="alice"))
+        s.add(ReviewDecision(item_id=det.item_id, prediction_id=det.id, run_id=det.run_id, action="reject",
+                             reviewer="alice", decided_at=utcnow(), x0=det.x0, y0=det.y0, x1=det.x1, y1=det.y1,
+                             class_name=det.class_name, score=det.score))
         s.commit()
-        total_before = s.scalar(select(func.count()).select_from(Detection))
+        shown_before = len(current_labels(s, [det.item_id])[det.item_id])
     _cli(*args, "--relabel")
     with factory() as s:
-        kept = s.get(Detection, det.id)
-        assert kept is not None and kept.review_status == "rejected" and kept.reviewed_by == "alice"
-        # the same model finds the same box again: it is dropped as a duplicate of the reviewed one
-        assert s.scalar(select(func.count()).select_from(Detection)) == total_before
+        kept = s.scalars(select(ReviewDecision)).all()
+        assert [(d.prediction_id, d.action, d.reviewer) for d in kept] == [(det.id, "reject", "alice")]
+        # the same model finds the same box again: hidden, it overlaps the region alice rejected
+        view = current_labels(s, [det.item_id], include_rejected=True)[det.item_id]
+        assert all(lab["review_status"] is None or lab["decision_id"] == kept[0].id for lab in view)
+        assert len([lab for lab in view if lab["review_status"] is None]) <= shown_before
         idx = s.scalars(select(Detection.idx).where(Detection.item_id == det.item_id)).all()
     assert len(idx) == len(set(idx))
     assert _status(sqlite_url, "rv")["done"] == 3
     _cli(*args, "--relabel", "--overwrite-reviewed")
     with factory() as s:
         assert s.get(Detection, det.id) is None
-        assert s.scalar(select(func.count()).select_from(Detection).where(Detection.review_status.is_not(None))) == 0
+        assert s.scalar(select(func.count()).select_from(ReviewDecision)) == 0
     engine.dispose()
 
 

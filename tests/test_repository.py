@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 from labelfleet.db import migrate
 from labelfleet.db import repository as repo
 from labelfleet.db.engine import make_engine, session_factory
-from labelfleet.db.models import Detection, Item, ItemStatus, ItemTag
+from labelfleet.db.models import Detection, Item, ItemStatus, ItemTag, ReviewDecision
 from labelfleet.db.queries import job_summary
 from labelfleet.errors import ConfigError
 from labelfleet.types import ImageRef
@@ -161,10 +161,14 @@ def test_final_failure_on_relabel_drops_stale_machine_labels(factory) -> None:  
     with factory() as s:
         (item_id,) = repo.claim_items(s, job_id, "W", limit=1, lease_seconds=60)
         repo.finish_item(s, item_id, "W", repo.LabelRows(tags=[("cat", 0.9)], detections=[det, det]), facts={})
-        s.execute(update(Detection).where(Detection.idx == 0).values(review_status="accepted"))
+        first = s.scalar(select(Detection).where(Detection.idx == 0))
+        s.add(ReviewDecision(item_id=item_id, prediction_id=first.id, run_id=first.run_id, action="accept",
+                             reviewer="alice", decided_at=repo.utcnow(), **{k: det[k] for k in (
+                                 "x0", "y0", "x1", "y1", "class_name", "score")}))
         s.commit()
         repo.reset_for_relabel(s, job_id)
         (item_id,) = repo.claim_items(s, job_id, "W", limit=1, lease_seconds=60)
         assert repo.end_item(s, item_id, "W", ItemStatus.SKIPPED, "object no longer exists")
         assert s.scalar(select(func.count()).select_from(ItemTag)) == 0
-        assert s.scalars(select(Detection.review_status)).all() == ["accepted"]
+        assert s.scalars(select(Detection.id)).all() == [first.id]  # the prediction a person decided on stays
+        assert s.scalars(select(ReviewDecision.action)).all() == ["accept"]

@@ -23,7 +23,7 @@ os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 from labelfleet.db import migrate
 from labelfleet.db import repository as repo
 from labelfleet.db.engine import make_engine, session_factory
-from labelfleet.masks import encode_rle
+from labelfleet.masks import encode_mask_record, encode_rle
 from labelfleet.storage import open_source
 from tests.imagegen import scene
 
@@ -65,19 +65,30 @@ def mask_in_box(xyxy: tuple[float, float, float, float], w: int = W, h: int = H,
 
 
 def det_row(xyxy: tuple[float, float, float, float], cls: str, score: float, seed: int,
-            noisy: bool = True) -> dict[str, Any]:
+            noisy: bool = True, cropped: bool = False) -> dict[str, Any]:
+    """A detection row; ``cropped``: the mask as a box-cropped record, else legacy full-frame RLE."""
+    from orchestrator.review.convert import pixel_span
+
     m = mask_in_box(xyxy, seed=seed, noisy=noisy)
+    rec = encode_rle(m)
+    if cropped:
+        x_lo, x_hi = pixel_span(xyxy[0], xyxy[2], W)
+        y_lo, y_hi = pixel_span(xyxy[1], xyxy[3], H)
+        rec = encode_mask_record(m[y_lo:y_hi, x_lo:x_hi], x_lo, y_lo, (H, W))
     return {"x0": xyxy[0], "y0": xyxy[1], "x1": xyxy[2], "y1": xyxy[3], "score": score, "class_name": cls,
-            "phrase": cls, "tag": None, "mask": encode_rle(m), "area": int(m.sum())}
+            "phrase": cls, "tag": None, "mask": rec, "area": int(m.sum())}
 
 
 def make_job(db_url: str, folder: Path, *, images: int = 4, dets_per_image: int | None = None,
-             random_weights: bool = False, name: str | None = None, noisy_masks: bool = True) -> str:
+             random_weights: bool = False, name: str | None = None, noisy_masks: bool = True,
+             cropped: bool = False, classes: Any = CLASSES) -> str:
     """A done job built through the repository: ``images`` W x H PNGs, awkward boxes with masks.
 
     ``dets_per_image`` None = every awkward box; otherwise that many boxes cycled from them.
-    Returns the job name.
+    ``cropped``: masks stored as box-cropped records. ``classes`` None = automatic mode
+    (labels still use :data:`CLASSES`). Returns the job name.
     """
+    names = list(classes or CLASSES)
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(images):
         scene(i, W, H).save(folder / f"img_{i:04d}.png")
@@ -89,14 +100,14 @@ def make_job(db_url: str, folder: Path, *, images: int = 4, dets_per_image: int 
     boxes = awkward_boxes()
     n = len(boxes) if dets_per_image is None else dets_per_image
     with factory() as s:
-        job, _ = repo.get_or_create_job(s, name, src.uri, {"classes": list(CLASSES)},
+        job, _ = repo.get_or_create_job(s, name, src.uri, {"classes": list(classes) if classes else None},
                                         {"preset": "synthetic", "random_weights": random_weights})
         s.commit()
         repo.add_items(s, job, src.list())
         ids = repo.claim_items(s, job.id, "test", limit=images, lease_seconds=600)
         for k, item_id in enumerate(ids):
-            rows = [det_row(boxes[j % len(boxes)], CLASSES[(k + j) % len(CLASSES)], 0.1 + 0.8 * (j % 10) / 10,
-                            seed=k * 1000 + j, noisy=noisy_masks) for j in range(n)]
+            rows = [det_row(boxes[j % len(boxes)], names[(k * n + j * 97) % len(names)], 0.1 + 0.8 * (j % 10) / 10,
+                            seed=k * 1000 + j, noisy=noisy_masks, cropped=cropped) for j in range(n)]
             labels = repo.LabelRows(tags=[("animal", 0.9), ("indoor", 0.3)], detections=rows)
             assert repo.finish_item(s, item_id, "test", labels, facts={"width": W, "height": H})
     engine.dispose()

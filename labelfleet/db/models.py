@@ -125,15 +125,9 @@ class ItemTag(Base):
     score: Mapped[float] = mapped_column(Float)
 
 
-class ReviewStatus(enum.StrEnum):
-    """A reviewer's verdict on one detection (tags ``accept`` / ``reject`` in the FiftyOne App)."""
-
-    ACCEPTED = "accepted"
-    REJECTED = "rejected"
-    EDITED = "edited"  # box or class changed by the reviewer (implies accepted)
-
-
 class Detection(Base):
+    """One machine prediction: immutable once written, owned by the labelling run that produced it."""
+
     __tablename__ = "detections"
     __table_args__ = (UniqueConstraint("item_id", "idx"),)
 
@@ -150,7 +144,98 @@ class Detection(Base):
     tag: Mapped[str | None] = mapped_column(String(200))
     mask: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     area: Mapped[int | None] = mapped_column(Integer)
-    #: Human review (``labelfleet review --sync``): None = unreviewed, else one of :class:`ReviewStatus`.
-    review_status: Mapped[str | None] = mapped_column(String(16))
-    reviewed_by: Mapped[str | None] = mapped_column(String(200))
-    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The labelling run that wrote this prediction (issue #12); None only for rows written by old code.
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("label_runs.id", ondelete="SET NULL"), index=True)
+
+
+# --- issue #12: labelling runs, review decisions, per-job class table ----------------------------------
+
+
+class ReviewStatus(enum.StrEnum):
+    """Status of a label in the job's current view (see :mod:`labelfleet.db.labels`)."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    EDITED = "edited"  # box or class changed by the reviewer (implies accepted)
+    ADDED = "added"  # drawn by the reviewer, no prediction behind it
+    DELETED = "deleted"  # removed by the reviewer (never shown, never exported)
+
+
+class ReviewAction(enum.StrEnum):
+    """What one review decision did to a label."""
+
+    ACCEPT = "accept"
+    REJECT = "reject"
+    EDIT = "edit"
+    ADD = "add"
+    DELETE = "delete"
+
+
+#: The view status a decision's action gives its label.
+ACTION_STATUS = {ReviewAction.ACCEPT: ReviewStatus.ACCEPTED, ReviewAction.REJECT: ReviewStatus.REJECTED,
+                 ReviewAction.EDIT: ReviewStatus.EDITED, ReviewAction.ADD: ReviewStatus.ADDED,
+                 ReviewAction.DELETE: ReviewStatus.DELETED}
+
+
+class LabelRun(Base):
+    """One labelling pass over a job (the first ``label`` and every ``--relabel``), numbered 1, 2, ..."""
+
+    __tablename__ = "label_runs"
+    __table_args__ = (UniqueConstraint("job_id", "number"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    models: Mapped[dict[str, Any]] = mapped_column(JSON)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)  # classes and thresholds of the run
+    created_at: Mapped[datetime] = _now_col()
+
+
+class ReviewDecision(Base):
+    """One human decision on one label; never updated (a later decision ``replaces`` it).
+
+    ``prediction_id`` is the prediction decided on (None for a label the reviewer added);
+    ``replaces_id`` the earlier decision on the same label this one supersedes. The box
+    (absolute px xyxy, upright frame), class and mask are the label as the reviewer left it
+    (for reject/delete: the region decided on). ``mask_stale``: the box was moved and no new
+    mask could be computed, so ``mask`` is None instead of a stretched old mask.
+    """
+
+    __tablename__ = "review_decisions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    prediction_id: Mapped[int | None] = mapped_column(ForeignKey("detections.id", ondelete="SET NULL"),
+                                                      index=True)
+    replaces_id: Mapped[int | None] = mapped_column(ForeignKey("review_decisions.id", ondelete="SET NULL"),
+                                                    index=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("label_runs.id", ondelete="SET NULL"))
+    action: Mapped[str] = mapped_column(String(16))
+    reviewer: Mapped[str] = mapped_column(String(200))
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    x0: Mapped[float] = mapped_column(Float)
+    y0: Mapped[float] = mapped_column(Float)
+    x1: Mapped[float] = mapped_column(Float)
+    y1: Mapped[float] = mapped_column(Float)
+    class_name: Mapped[str] = mapped_column(String(200))
+    score: Mapped[float | None] = mapped_column(Float)
+    phrase: Mapped[str | None] = mapped_column(Text)
+    tag: Mapped[str | None] = mapped_column(String(200))
+    mask: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    area: Mapped[int | None] = mapped_column(Integer)
+    mask_stale: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class JobClass(Base):
+    """The job's class table: ``class_id`` is stable for the job's lifetime (exports never renumber)."""
+
+    __tablename__ = "job_classes"
+    __table_args__ = (UniqueConstraint("job_id", "class_id"), UniqueConstraint("job_id", "name"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    class_id: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+
+
+# --- end issue #12 -------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Repository functions: every read and write of jobs, items and labels.
 
 All writes are idempotent: items are inserted with ON CONFLICT DO NOTHING,
-labels of an item are replaced (delete + insert) in the same transaction
-that marks the item done, and that transaction only commits while the
-caller still holds the item's lease.
+an item's predictions for the current labelling run are written in the same
+transaction that marks the item done, and that transaction only commits while
+the caller still holds the item's lease. Predictions are never updated; human
+review decisions (:class:`~labelfleet.db.models.ReviewDecision`) are never
+touched by labelling (see :mod:`labelfleet.db.labels` for the current view).
 """
 
 from __future__ import annotations
@@ -18,7 +20,17 @@ from sqlalchemy import Select, and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from labelfleet.db.models import FINAL_STATUSES, Detection, Item, ItemStatus, ItemTag, Job, JobState
+from labelfleet.db.models import (
+    FINAL_STATUSES,
+    Detection,
+    Item,
+    ItemStatus,
+    ItemTag,
+    Job,
+    JobState,
+    LabelRun,
+    ReviewDecision,
+)
 from labelfleet.errors import ConfigError
 from labelfleet.types import ImageRef
 
@@ -52,6 +64,8 @@ def get_or_create_job(session: Session, name: str, source: str, config: dict[str
         job = Job(name=name, source=source, config=config, models=models, queue=queue, state=JobState.PENDING)
         session.add(job)
         session.flush()
+        session.add(LabelRun(job_id=job.id, number=1, models=models, config=config))
+        session.flush()
         return job, True
     if job.source != source:
         raise ConfigError(f"job {name!r} already exists for source {job.source!r}, not {source!r}; "
@@ -66,8 +80,8 @@ def get_or_create_job(session: Session, name: str, source: str, config: dict[str
     return job, False
 
 
-def _insert_ignore(session: Session) -> Any:
-    return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(Item)
+def _insert_ignore(session: Session, table: Any = Item) -> Any:
+    return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(table)
 
 
 def add_items(session: Session, job: Job, refs: Iterable[ImageRef], *, batch_size: int = 1000) -> int:
@@ -144,63 +158,82 @@ class LabelRows:
     detections: list[dict[str, Any]] = field(default_factory=list)  # Detection column -> value, without ids
 
 
-#: On re-label, a new detection overlapping a reviewed one of the same class this much is a duplicate.
-DUPLICATE_IOU = 0.5
+def current_run_id(session: Session, job_id: int) -> int:
+    """Id of the job's newest labelling run (run 1 is created for jobs that predate runs)."""
+    run_id = session.scalar(select(func.max(LabelRun.id)).where(LabelRun.job_id == job_id))
+    if run_id is not None:
+        return int(run_id)
+    job = session.get(Job, job_id)
+    if job is None:
+        raise ConfigError(f"no job with id {job_id}")
+    stmt = (_insert_ignore(session, LabelRun).values(job_id=job_id, number=1, models=job.models, config=job.config)
+            .on_conflict_do_nothing(index_elements=["job_id", "number"]))
+    session.execute(stmt)
+    return int(session.scalar(select(func.max(LabelRun.id)).where(LabelRun.job_id == job_id)) or 0)
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two absolute px xyxy boxes."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+def start_run(session: Session, job_id: int) -> int:
+    """Add the job's next labelling run (models and config as the job has them now); returns its id."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise ConfigError(f"no job with id {job_id}")
+    number = session.scalar(select(func.max(LabelRun.number)).where(LabelRun.job_id == job_id)) or 0
+    run = LabelRun(job_id=job_id, number=int(number) + 1, models=job.models, config=job.config)
+    session.add(run)
+    session.flush()
+    return int(run.id)
 
 
-def keep_reviewed(session: Session, item_id: int, detections: list[dict[str, Any]], *,
-                  overwrite_reviewed: bool = False) -> list[dict[str, Any]]:
-    """Replace an item's unreviewed detections, keeping reviewed ones (for ``finish_item`` on re-label).
+def _decided(item_id: int) -> Any:
+    """Predictions of ``item_id`` that some review decision refers to (these are never deleted)."""
+    return select(ReviewDecision.prediction_id).where(ReviewDecision.item_id == item_id,
+                                                      ReviewDecision.prediction_id.is_not(None))
 
-    Deletes the item's detections with ``review_status IS NULL`` (all of them when
-    ``overwrite_reviewed``) and returns the rows to insert: the new ``detections``
-    (column dicts, absolute px xyxy) minus those duplicating a kept reviewed label
-    (same class, IoU >= :data:`DUPLICATE_IOU`; a rejected label thus stays rejected),
-    with ``item_id`` and ``idx`` numbered after the kept rows. Does not commit.
+
+def prediction_rows(session: Session, item_id: int, run_id: int, detections: list[dict[str, Any]], *,
+                    overwrite_reviewed: bool = False) -> list[dict[str, Any]]:
+    """Prepare writing ``detections`` as the item's predictions of run ``run_id``; returns rows to insert.
+
+    Earlier predictions of the same run that no decision refers to are deleted (a retried
+    item); predictions of earlier runs stay (immutable; the view only shows the newest
+    run's). ``overwrite_reviewed`` (``label --relabel --overwrite-reviewed``) deletes the
+    item's review decisions and all its earlier predictions first: the user asked to
+    discard the reviews. New rows get ``item_id``, ``run_id`` and ``idx`` numbered after
+    the item's remaining rows. Does not commit.
     """
-    cond = Detection.item_id == item_id
-    if not overwrite_reviewed:
-        cond = cond & Detection.review_status.is_(None)
-    session.execute(delete(Detection).where(cond))
-    kept = session.execute(select(Detection.idx, Detection.class_name, Detection.x0, Detection.y0,
-                                  Detection.x1, Detection.y1).where(Detection.item_id == item_id)).all()
-    start = max((k.idx for k in kept), default=-1) + 1
-    fresh = [d for d in detections if not any(
-        k.class_name == d["class_name"]
-        and _iou((k.x0, k.y0, k.x1, k.y1), (d["x0"], d["y0"], d["x1"], d["y1"])) >= DUPLICATE_IOU
-        for k in kept)]
-    return [{**d, "item_id": item_id, "idx": start + i} for i, d in enumerate(fresh)]
+    if overwrite_reviewed:
+        session.execute(delete(ReviewDecision).where(ReviewDecision.item_id == item_id))
+        session.execute(delete(Detection).where(Detection.item_id == item_id))
+    else:
+        session.execute(delete(Detection).where(Detection.item_id == item_id, Detection.run_id == run_id,
+                                                Detection.id.not_in(_decided(item_id))))
+    start = (session.scalar(select(func.max(Detection.idx)).where(Detection.item_id == item_id)) or -1) + 1
+    return [{**d, "item_id": item_id, "run_id": run_id, "idx": start + i} for i, d in enumerate(detections)]
 
 
 def finish_item(session: Session, item_id: int, owner: str, labels: LabelRows, *,
                 facts: dict[str, Any], overwrite_reviewed: bool = False) -> bool:
-    """Replace the item's labels and mark it done, in one transaction.
+    """Write the item's tags and predictions (current run) and mark it done, in one transaction.
 
-    Detections a person reviewed are kept (see :func:`keep_reviewed`) unless
-    ``overwrite_reviewed``. Only commits while ``owner`` still holds the
-    lease; returns False (and writes nothing) if the lease was lost.
+    Review decisions are never touched unless ``overwrite_reviewed`` (see
+    :func:`prediction_rows`). Only commits while ``owner`` still holds the lease;
+    returns False (and writes nothing) if the lease was lost.
     """
     stmt = (
         update(Item)
         .where(Item.id == item_id, Item.lease_owner == owner, Item.status == ItemStatus.RUNNING)
         .values(status=ItemStatus.DONE, error=None, lease_owner=None, lease_expires_at=None,
                 finished_at=utcnow(), **facts)
+        .returning(Item.job_id)
     )
-    if rowcount(session.execute(stmt)) != 1:
+    job_id = session.scalar(stmt)
+    if job_id is None:
         session.rollback()
         logger.warning("item %s: lease lost before its labels were written; another worker owns it", item_id)
         return False
     session.execute(delete(ItemTag).where(ItemTag.item_id == item_id))
-    rows = keep_reviewed(session, item_id, labels.detections, overwrite_reviewed=overwrite_reviewed)
+    rows = prediction_rows(session, item_id, current_run_id(session, job_id), labels.detections,
+                           overwrite_reviewed=overwrite_reviewed)
     if labels.tags:
         session.execute(insert(ItemTag), [{"item_id": item_id, "name": n, "score": s} for n, s in labels.tags])
     if rows:
@@ -213,9 +246,9 @@ def end_item(session: Session, item_id: int, owner: str, status: ItemStatus, err
              facts: dict[str, Any] | None = None) -> bool:
     """Record a final non-done status (failed/skipped/poison) with its reason, or put it back to pending.
 
-    A final failure also removes the item's earlier machine labels (a re-label
-    of an image that is now unreadable must not leave stale labels behind);
-    labels a person reviewed stay.
+    A final failure also removes the item's earlier predictions (a re-label
+    of an image that is now unreadable must not leave stale labels behind),
+    except those a review decision refers to; decisions stay.
     """
     values: dict[str, Any] = {"status": status, "error": error[:4000], "lease_owner": None,
                               "lease_expires_at": None, **(facts or {})}
@@ -227,7 +260,7 @@ def end_item(session: Session, item_id: int, owner: str, status: ItemStatus, err
     ok = rowcount(session.execute(stmt)) == 1
     if ok and status in FINAL_STATUSES:
         session.execute(delete(ItemTag).where(ItemTag.item_id == item_id))
-        session.execute(delete(Detection).where(Detection.item_id == item_id, Detection.review_status.is_(None)))
+        session.execute(delete(Detection).where(Detection.item_id == item_id, Detection.id.not_in(_decided(item_id))))
     session.commit()
     return ok
 
@@ -281,7 +314,11 @@ def renew_leases(session: Session, item_ids: Sequence[int], owner: str, *, lease
 
 
 def reset_for_relabel(session: Session, job_id: int) -> int:
-    """Put every finished item of a job back to pending (fresh attempts) so it is labelled again."""
+    """Start the job's next labelling run and put every finished item back to pending (fresh attempts).
+
+    Review decisions are untouched; the new run's predictions join the view next to them.
+    """
+    start_run(session, job_id)
     stmt = (update(Item).where(Item.job_id == job_id, Item.status.in_(list(FINAL_STATUSES)))
             .values(status=ItemStatus.PENDING, attempts=0, error=None, enqueued_at=None, finished_at=None))
     n = rowcount(session.execute(stmt))

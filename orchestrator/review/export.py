@@ -1,144 +1,204 @@
-"""Export a job's labels: COCO / YOLOv5 / FiftyOne through FiftyOne's exporters, ``masks`` as PNGs.
+"""Export a job's **current labels** (:mod:`labelfleet.db.labels`): COCO, YOLO, YOLO-seg, masks, FiftyOne.
 
-The database is the source of truth (run ``labelfleet review JOB --sync`` first to
-include the App's corrections). Rejected labels are left out unless
-``include_rejected``; ``min_score`` drops low-confidence labels. FiftyOne formats go
-through a temporary, non-persistent dataset so the review dataset is never altered.
+The database is the source of truth (run ``labelfleet review JOB --sync`` first to include
+the App's corrections). Rejected and deleted labels are left out unless ``include_rejected``
+(deleted: always); ``min_score`` drops unreviewed predictions scoring below it;
+``reviewed_only`` keeps only labels a person confirmed (accepted, edited, added).
 
-``masks`` layout (no FiftyOne needed)::
+Every export uses the job's class table (same ids whatever the filters), writes images
+upright (EXIF orientation applied and removed), says when the labels came from random
+weights, and carries each label's review status. Layouts::
 
-    out/classes.json                 {"0": "background", "1": "cat", ...}
-    out/semantic/<image>.png         (H, W) uint8 class index per pixel (later labels on top)
-    out/instances/<image>_<idx>.png  (H, W) uint8 0/255 mask of one detection
-    out/instances.json               [{"image", "file", "class", "score", "bbox_xyxy"}, ...]
+    coco/      labels.json (info, categories id = class id + 1, review_status per annotation), data/
+    yolo/      dataset.yaml, images/{train,val}/, labels/{train,val}/*.txt (yolo-seg: polygons)
+    masks/     manifest.json (image -> semantic + instance files), classes.json, instances.json,
+               semantic/<image>.png (uint8, uint16 when > 254 classes: 0 = background, class id + 1),
+               instances/<image>_<label>.png (0/255)
+    fiftyone/  FiftyOneDataset (``review_status`` on every label)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from sqlalchemy.orm import Session
 
+from labelfleet.db.labels import class_table, current_labels
 from labelfleet.db.models import Item, Job
-from labelfleet.masks import decode_rle, rle_area
-from labelfleet.storage import open_source
 from orchestrator.review import import_fiftyone
-from orchestrator.review.convert import LF_ID, to_fo_detection
-from orchestrator.review.dataset import detection_rows, done_items, frame_size, job_info
+from orchestrator.review.convert import UNREVIEWED, to_fo_detection
+from orchestrator.review.dataset import RANDOM_WEIGHTS_NOTE, done_items, frame_size, job_info, open_job_source
+from orchestrator.review.formats import box_mask, coco_document, full_frame, yolo_lines, yolo_yaml
 from orchestrator.review.media import MediaCache, safe_name
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("coco", "yolo", "masks", "fiftyone")
-#: Polygon simplification of COCO segmentations, in pixels (FiftyOne's default is 2).
-COCO_POLYGON_TOLERANCE_PX = 1
+FORMATS = ("coco", "yolo", "yolo-seg", "masks", "fiftyone")
+_EXIF_ORIENTATION = 0x0112
 
 
-def _fo_types() -> dict[str, Any]:
-    fo = import_fiftyone()
-    return {"coco": fo.types.COCODetectionDataset, "yolo": fo.types.YOLOv5Dataset,
-            "fiftyone": fo.types.FiftyOneDataset}
+def write_upright(src: Path, dest: Path) -> bool:
+    """Copy an image so every reader sees the upright frame the labels use; True if re-encoded.
+
+    Images with an EXIF orientation other than 1 are rotated (``ImageOps.exif_transpose``,
+    which also drops the tag) and saved in the same format; others are copied byte for byte.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(src) as img:
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+        if orientation in (None, 1):
+            shutil.copyfile(src, dest)
+            return False
+        fmt = img.format or "PNG"
+        upright = ImageOps.exif_transpose(img)
+        kw: dict[str, Any] = {"quality": 95} if fmt == "JPEG" else {}
+        upright.save(dest, format=fmt, **kw)
+    return True
+
+
+def in_train(key: str, split: float | None) -> bool:
+    """Deterministic train/val assignment of an image key (``split`` = train fraction; None = all train)."""
+    if split is None:
+        return True
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < split
 
 
 def export_job(session: Session, job: Job, *, fmt: str, out: Path, media_root: Path,
-               include_rejected: bool = False, min_score: float | None = None) -> dict[str, Any]:
+               include_rejected: bool = False, min_score: float | None = None, reviewed_only: bool = False,
+               split: float | None = None, coco_segmentation: str = "rle",
+               s3_endpoint_url: str | None = None) -> dict[str, Any]:
     """Export ``job`` to ``out`` in ``fmt`` (one of :data:`FORMATS`); returns counts and seconds."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; supported: {', '.join(FORMATS)}")
+    if split is not None and not 0 < split < 1:
+        raise ValueError(f"split must be a train fraction in (0, 1), but got {split}")
     t0 = time.perf_counter()
     items = [it for it in done_items(session, job) if it.width and it.height]
-    rows = detection_rows(session, [it.id for it in items], include_rejected=include_rejected,
-                          min_score=min_score)
+    rows = current_labels(session, [it.id for it in items], include_rejected=include_rejected,
+                          min_score=min_score, reviewed_only=reviewed_only)
+    classes = class_table(session, job.id, job.config)
+    session.commit()
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = _Ctx(job, items, rows, classes, out,
+               MediaCache(open_job_source(job, s3_endpoint_url), media_root, job.name))
     if fmt == "masks":
-        out.mkdir(parents=True, exist_ok=True)
-        export_masks(items, rows, out)
+        export_masks(ctx)
+    elif fmt == "coco":
+        export_coco(ctx, coco_segmentation)
+    elif fmt in ("yolo", "yolo-seg"):
+        export_yolo(ctx, seg=fmt == "yolo-seg", split=split)
     else:
-        _export_fo(job, items, rows, fmt, out, MediaCache(open_source(job.source), media_root, job.name))
+        export_fiftyone(ctx)
     labels = sum(len(v) for v in rows.values())
     stats = {"format": fmt, "images": len(items), "labels": labels, "seconds": time.perf_counter() - t0}
     logger.info("exported %(labels)d labels of %(images)d images as %(format)s in %(seconds).2fs", stats)
     return stats
 
 
-def _export_fo(job: Job, items: list[Item], rows: dict[int, list[dict[str, Any]]], fmt: str, out: Path,
-               cache: MediaCache) -> None:
-    """Temporary dataset (relative xywh via the converter) -> FiftyOne exporter -> ``out``."""
+class _Ctx:
+    def __init__(self, job: Job, items: list[Item], rows: dict[int, list[dict[str, Any]]], classes: list[str],
+                 out: Path, cache: MediaCache) -> None:
+        self.job, self.items, self.rows, self.classes, self.out, self.cache = job, items, rows, classes, out, cache
+        self.random = bool(job.models.get("random_weights", False))
+
+    def info(self) -> dict[str, Any]:
+        info = job_info(self.job)
+        info["description"] = f"labelfleet job {self.job.name}" + (f": {RANDOM_WEIGHTS_NOTE}" if self.random else "")
+        info["classes"] = list(self.classes)
+        return info
+
+    def image(self, it: Item, folder: str) -> str:
+        """Write the item's upright image under ``out/folder``; returns its path relative to ``out``."""
+        rel = f"{folder}/{safe_name(it.key)}"
+        write_upright(self.cache.path(it.key), self.out / rel)
+        return rel
+
+
+def export_coco(ctx: _Ctx, segmentation: str) -> None:
+    """``labels.json`` + ``data/`` (see module docs)."""
+    images = [{"id": n, "file_name": ctx.image(it, "data").split("/", 1)[1], "width": it.width,
+               "height": it.height, "lf_key": it.key} for n, it in enumerate(ctx.items, start=1)]
+    doc = coco_document(images, [ctx.rows.get(it.id, []) for it in ctx.items], ctx.classes, ctx.info(),
+                        segmentation)
+    (ctx.out / "labels.json").write_text(json.dumps(doc))
+
+
+def export_yolo(ctx: _Ctx, *, seg: bool, split: float | None) -> None:
+    """``dataset.yaml`` + ``images/`` + ``labels/`` (see module docs)."""
+    for it in ctx.items:
+        part = "train" if in_train(it.key, split) else "val"
+        rel = ctx.image(it, f"images/{part}")
+        lines = yolo_lines(ctx.rows.get(it.id, []), ctx.classes, frame_size(it), seg=seg)
+        label = ctx.out / "labels" / part / (Path(rel).stem + ".txt")
+        label.parent.mkdir(parents=True, exist_ok=True)
+        label.write_text("".join(f"{ln}\n" for ln in lines))
+    val = "images/val" if split is not None else "images/train"
+    for part in ("train", "val") if split is not None else ("train",):
+        (ctx.out / "images" / part).mkdir(parents=True, exist_ok=True)
+        (ctx.out / "labels" / part).mkdir(parents=True, exist_ok=True)
+    (ctx.out / "dataset.yaml").write_text(yolo_yaml(ctx.out, ctx.classes, val=val, job=ctx.job.name,
+                                                    random_weights=ctx.random, note=RANDOM_WEIGHTS_NOTE))
+
+
+def export_masks(ctx: _Ctx) -> None:
+    """One PNG per instance, one semantic PNG per image, ``manifest.json`` and ``classes.json``."""
+    dtype = np.uint8 if len(ctx.classes) < 255 else np.uint16
+    index = {c: i + 1 for i, c in enumerate(ctx.classes)}
+    (ctx.out / "semantic").mkdir(exist_ok=True)
+    (ctx.out / "instances").mkdir(exist_ok=True)
+    listing, images = [], []
+    for it in ctx.items:
+        frame = frame_size(it)
+        stem = safe_name(it.key).rsplit(".", 1)[0]
+        semantic = np.zeros((frame[1], frame[0]), dtype=dtype)
+        entry: dict[str, Any] = {"image": it.key, "width": it.width, "height": it.height,
+                                 "semantic": f"semantic/{stem}.png", "instances": []}
+        for r in ctx.rows.get(it.id, []):
+            got = box_mask(r, frame)
+            inst = {"class": r["class_name"], "class_id": index[r["class_name"]] - 1, "score": r["score"],
+                    "bbox_xyxy": [r["x0"], r["y0"], r["x1"], r["y1"]],
+                    "review_status": r["review_status"] or UNREVIEWED, "mask_stale": bool(r["mask_stale"]),
+                    "file": None}
+            if got is not None:
+                m = full_frame(*got, frame)
+                semantic[m] = index[r["class_name"]]
+                name = f"{stem}_{r['key']}.png"
+                Image.fromarray(m.astype(np.uint8) * 255).save(ctx.out / "instances" / name)
+                inst["file"] = f"instances/{name}"
+                listing.append({"image": it.key, **inst})
+            entry["instances"].append(inst)
+        Image.fromarray(semantic).save(ctx.out / "semantic" / f"{stem}.png")
+        images.append(entry)
+    classes = {"0": "background", **{str(i): c for c, i in index.items()}}
+    manifest = {**ctx.info(), "semantic_dtype": np.dtype(dtype).name, "class_values": classes, "images": images}
+    (ctx.out / "classes.json").write_text(json.dumps(classes, indent=1))
+    (ctx.out / "instances.json").write_text(json.dumps(listing, indent=1))
+    (ctx.out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+
+
+def export_fiftyone(ctx: _Ctx) -> None:
+    """A FiftyOneDataset export (upright media, ``review_status`` per label) via a temporary dataset."""
     fo = import_fiftyone()
-    classes = sorted({r["class_name"] for v in rows.values() for r in v})
+    staging = ctx.out / ".staging"
     ds = fo.Dataset()
     try:
-        ds.add_samples([fo.Sample(filepath=str(cache.path(it.key)), lf_item_id=it.id,
-                                  metadata=fo.ImageMetadata(width=it.width, height=it.height),
+        ds.add_samples([fo.Sample(filepath=str(ctx.out / ctx.image(it, ".staging")), lf_item_id=it.id,
+                                  lf_key=it.key, metadata=fo.ImageMetadata(width=it.width, height=it.height),
                                   detections=fo.Detections(detections=[
-                                      to_fo_detection({**r, "review_status": None}, frame_size(it))
-                                      for r in rows.get(it.id, [])]))
-                        for it in items], progress=False)
-        ds.info = job_info(job)
-        kwargs: dict[str, Any] = {"export_dir": str(out), "dataset_type": _fo_types()[fmt],
-                                  "label_field": "detections", "progress": False}
-        if fmt != "fiftyone":
-            kwargs["classes"] = classes
-        if fmt == "yolo":
-            kwargs["split"] = "val"
-        if fmt == "coco":
-            kwargs["tolerance"] = COCO_POLYGON_TOLERANCE_PX
-        ds.export(**kwargs)
+                                      to_fo_detection(r, frame_size(it)) for r in ctx.rows.get(it.id, [])]))
+                        for it in ctx.items], progress=False)
+        ds.info = ctx.info()
+        ds.classes = {"detections": list(ctx.classes)}
+        ds.export(export_dir=str(ctx.out), dataset_type=fo.types.FiftyOneDataset, label_field="detections",
+                  progress=False)
     finally:
         ds.delete()
-    if fmt == "coco":
-        fix_coco_segmentations(out / "labels.json", rows)
-
-
-def fix_coco_segmentations(labels_path: Path, rows: dict[int, list[dict[str, Any]]]) -> int:
-    """Complete FiftyOne's COCO ``labels.json`` from the database masks; returns how many were filled.
-
-    FiftyOne writes polygons, which drop masks too thin for one (1-px boxes, lines): those get
-    the exact RLE (``{"size": [H, W], "counts": str}``, which pycocotools and FiftyOne read for
-    ``iscrowd=0`` too). ``area`` becomes the mask's pixel count instead of the box area.
-    """
-    by_id = {r["id"]: r for v in rows.values() for r in v}
-    data = json.loads(labels_path.read_text())
-    filled = 0
-    for ann in data.get("annotations", []):
-        row = by_id.get(ann.get(LF_ID))
-        if row is None or not row.get("mask"):
-            continue
-        if not ann.get("segmentation"):
-            ann["segmentation"] = row["mask"]
-            filled += 1
-        ann["area"] = float(rle_area(row["mask"]))
-    labels_path.write_text(json.dumps(data))
-    logger.debug("COCO export: %d masks too small for polygons stored as RLE", filled)
-    return filled
-
-
-def export_masks(items: list[Item], rows: dict[int, list[dict[str, Any]]], out: Path) -> None:
-    """One PNG per instance, one semantic PNG per image and ``classes.json`` (see module docs)."""
-    classes = sorted({r["class_name"] for v in rows.values() for r in v})
-    index = {c: i + 1 for i, c in enumerate(classes)}
-    (out / "semantic").mkdir(exist_ok=True)
-    (out / "instances").mkdir(exist_ok=True)
-    listing = []
-    for it in items:
-        w, h = frame_size(it)
-        stem = safe_name(it.key).rsplit(".", 1)[0]
-        semantic = np.zeros((h, w), dtype=np.uint8)
-        for r in rows.get(it.id, []):
-            if not r.get("mask"):
-                continue
-            m = decode_rle(r["mask"])
-            semantic[m] = index[r["class_name"]]
-            name = f"{stem}_{r['id']}.png"
-            Image.fromarray(m.astype(np.uint8) * 255).save(out / "instances" / name)
-            listing.append({"image": it.key, "file": f"instances/{name}", "class": r["class_name"],
-                            "score": r["score"], "bbox_xyxy": [r["x0"], r["y0"], r["x1"], r["y1"]]})
-        Image.fromarray(semantic).save(out / "semantic" / f"{stem}.png")
-    (out / "classes.json").write_text(json.dumps({"0": "background", **{str(i): c for c, i in index.items()}},
-                                                 indent=1))
-    (out / "instances.json").write_text(json.dumps(listing, indent=1))
+        shutil.rmtree(staging, ignore_errors=True)

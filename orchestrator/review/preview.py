@@ -11,9 +11,8 @@ from PIL import Image, ImageDraw, ImageOps
 from sqlalchemy.orm import Session
 
 from labelfleet.db.models import Job
-from labelfleet.masks import decode_rle
-from labelfleet.storage import open_source
-from orchestrator.review.dataset import RANDOM_WEIGHTS_NOTE, detection_rows, done_items
+from labelfleet.masks import mask_record_frame, mask_record_full
+from orchestrator.review.dataset import RANDOM_WEIGHTS_NOTE, detection_rows, done_items, open_job_source
 
 logger = logging.getLogger(__name__)
 
@@ -35,26 +34,27 @@ def draw_labels(img: Image.Image, rows: list[dict], *, include_rejected: bool = 
         if r.get("review_status") == "rejected" and not include_rejected:
             continue
         color = _color(r["class_name"])
-        if r.get("mask") and tuple(r["mask"]["size"]) == (base.height, base.width):
+        if r.get("mask") and mask_record_frame(r["mask"]) == (base.height, base.width):
             tint = Image.new("RGBA", base.size, (*color, 115))
-            overlay.paste(tint, (0, 0), Image.fromarray(decode_rle(r["mask"]).astype("uint8") * 255))
+            overlay.paste(tint, (0, 0), Image.fromarray(mask_record_full(r["mask"]).astype("uint8") * 255))
         dash = r.get("review_status") == "rejected"
         draw.rectangle([r["x0"], r["y0"], max(r["x1"] - 1, r["x0"]), max(r["y1"] - 1, r["y0"])],
                        outline=(128, 128, 128, 255) if dash else (*color, 255), width=2)
-        text = f"{r['class_name']} {r['score']:.2f}" + (" (rejected)" if dash else "")
+        score = f" {r['score']:.2f}" if r.get("score") is not None else ""
+        text = f"{r['class_name']}{score}" + (" (rejected)" if dash else "")
         draw.text((r["x0"] + 2, max(r["y0"] - 11, 0)), text, fill=(255, 255, 255, 255), stroke_width=1,
                   stroke_fill=(0, 0, 0, 255))
     return Image.alpha_composite(base, overlay).convert("RGB")
 
 
 def render_preview(session: Session, job: Job, out: Path, *, max_images: int = 16, thumb: int = 256,
-                   cols: int | None = None) -> Path:
+                   cols: int | None = None, s3_endpoint_url: str | None = None) -> Path:
     """Write a grid PNG of up to ``max_images`` labelled images (``thumb`` px cells) to ``out``."""
     if max_images < 1 or thumb < 16:
         raise ValueError(f"need max_images >= 1 and thumb >= 16, but got {max_images} and {thumb}")
     items = done_items(session, job)[:max_images]
     rows = detection_rows(session, [it.id for it in items])
-    src = open_source(job.source)
+    src = open_job_source(job, s3_endpoint_url)
     cols = cols or max(1, min(len(items), math.ceil(math.sqrt(len(items) or 1))))
     nrows = max(1, math.ceil(len(items) / cols))
     random = bool(job.models.get("random_weights", False))
