@@ -76,6 +76,19 @@ def _window(hot: torch.Tensor, index: _SourceIndex, limit: int) -> tuple[int, in
     return int(ok[0]), int(ok[-1]) + 1
 
 
+def _tight(mask: torch.Tensor, x0: int, y0: int) -> tuple[BoolArray, int, int]:
+    """Crop a ``(h, w)`` bool device mask at ``(x0, y0)`` to its set pixels; host ``(crop, x, y)``.
+
+    An empty mask gives a ``(0, 0)`` crop at ``(0, 0)``.
+    """
+    ys = torch.nonzero(mask.any(dim=1)).flatten()
+    if ys.numel() == 0:
+        return np.zeros((0, 0), bool), 0, 0
+    xs = torch.nonzero(mask.any(dim=0)).flatten()
+    y_lo, y_hi, x_lo, x_hi = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+    return mask[y_lo:y_hi, x_lo:x_hi].cpu().numpy(), x0 + x_lo, y0 + y_lo
+
+
 def _check_image(image: RGBImage) -> None:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         shape = getattr(image, "shape", None)
@@ -95,7 +108,9 @@ class SamSegmenter:
             time (``upscale_chunk * img_size**2`` floats on the device).
         decoder_chunk: boxes per prompt-encoder/mask-decoder call (bounds the
             decoder's activations when an image has hundreds of boxes).
-        strip_pixels: output pixels resized per strip inside a mask's window.
+        strip_pixels: frames of at most this many pixels are resized whole, one
+            mask at a time (exactly ``postprocess_masks``); larger frames only
+            inside each mask's window, in strips of this many pixels.
         precision: ``"fp32"`` or ``"bf16"``/``"fp16"`` autocast for the image
             encoder only (prompt encoder, decoder and upscaling stay fp32).
     """
@@ -192,18 +207,29 @@ class SamSegmenter:
 
         The first upscale (to the encoder's ``img_size`` square, then the crop to
         ``input_size``) is exactly ``Sam.postprocess_masks``' and is bounded by the
-        model input size. The second (to the photo's size) is computed only in
-        the window where a pixel can pass ``mask_threshold`` (bilinear weights are
-        convex, so such a pixel needs a positive input neighbour), in row strips,
-        and the result is cropped to the mask's tight extent before it leaves
-        the device. Equal to thresholding ``postprocess_masks`` up to float
-        rounding (|diff| < 1e-4 in logits). Masks are not clipped to their box.
+        model input size. The second (to the photo's size) runs one mask at a
+        time: whole for frames up to ``strip_pixels`` (bit-identical to
+        ``postprocess_masks``); for larger frames only in the window where a pixel
+        can pass ``mask_threshold`` (bilinear weights are convex, so such a pixel
+        needs a positive input neighbour), in row strips, equal to
+        ``postprocess_masks`` up to float rounding (|diff| < 1e-4 in logits).
+        Each mask is cropped to its tight extent before it leaves the device and
+        RLE-encoded at once. Masks are not clipped to their box (the demo's are not).
         """
         size = self.img_size
         up = torch.nn.functional.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
         up = up[:, 0, : prep.input_size[0], : prep.input_size[1]]
         thr = float(self.model.mask_threshold)
         h, w = prep.original_size
+        ph, pw = prep.padded_size
+        if ph * pw <= self.strip_pixels:  # small frame: one bounded resize per mask, as postprocess_masks
+            out = []
+            for k in range(up.shape[0]):
+                full = torch.nn.functional.interpolate(up[k : k + 1, None], (ph, pw), mode="bilinear",
+                                                       align_corners=False)[0, 0, :h, :w] > thr
+                crop, x0, y0 = _tight(full, 0, 0)
+                out.append(encode_mask_record(crop, x0, y0, (h, w)))
+            return out
         rows_idx = _source_index(prep.padded_size[0], up.shape[1], up.device)
         cols_idx = _source_index(prep.padded_size[1], up.shape[2], up.device)
         hot = up > thr - 1e-3
@@ -241,14 +267,8 @@ class SamSegmenter:
             t = (1 - lam) * logits[ri0] + lam * logits[ri1]  # (strip, w_in): rows first
             wl = cl[None]
             strips.append(((1 - wl) * t[:, ci0] + wl * t[:, ci1]) > thr)
-        mask = torch.cat(strips)
-        ys = torch.nonzero(mask.any(dim=1)).flatten()
-        if ys.numel() == 0:
-            return None, 0, 0
-        xs = torch.nonzero(mask.any(dim=0)).flatten()
-        y_lo, y_hi, x_lo, x_hi = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
-        crop = mask[y_lo:y_hi, x_lo:x_hi].cpu().numpy()
-        return crop, c0 + x_lo, rows[0] + y_lo
+        crop, x0, y0 = _tight(torch.cat(strips), c0, rows[0])
+        return (crop, x0, y0) if crop.size else (None, 0, 0)
 
     def _boxes_tensor(self, boxes: npt.ArrayLike, prep: _Prepared) -> torch.Tensor:
         arr = np.asarray(boxes, dtype=np.float32)
