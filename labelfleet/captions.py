@@ -187,9 +187,16 @@ def assign_classes(
         whose tokens hold the highest score for that box (so a box whose
         overall best token is "." or a special still gets the class with the
         best class-token score; ties → the earlier class);
-        ``phrases``: per box, the caption text of its class-tokens scoring
-        above ``text_threshold`` (``""`` if none), as GroundingDINO's
-        ``get_phrases_from_posmap`` would decode it.
+        ``phrases``: per box, the caption text of its *class* tokens scoring
+        above ``text_threshold`` (``""`` if none), cut from the caption by
+        character spans (word pieces re-joined).
+
+    This deliberately differs from GroundingDINO's ``get_phrases_from_posmap``
+    (used by Grounded-SAM's demos), which ``tokenizer.decode``\ s *every*
+    token above the threshold, [CLS], [SEP] and the ``.`` separators
+    included (e.g. ``"[CLS] cat . dog"``), and lower-cases through the
+    tokenizer. Here the phrase only holds class text, and the class is the
+    one whose tokens score highest, not the one the phrase names.
 
     Raises:
         ValueError: on shape mismatches or an empty class list.

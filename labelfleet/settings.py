@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     decode_workers: int = Field(4, ge=1, description="Threads that read and decode images ahead of the models")
     max_image_pixels: int = Field(100_000_000, ge=1, description="Larger images fail as decompression bombs")
     read_timeout_s: float = Field(120.0, gt=0, description="A local file read taking longer fails (retried)")
+    # issue 13 (throughput)
+    precision: str = Field("fp32", description="fp32, bf16 or fp16: autocast for Swin, BERT and SAM's image "
+                           "encoder (deformable attention, heads and mask decoding stay fp32)")
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads per worker process; unset = usable "
+                                      "CPUs (cgroup-aware) / worker_processes")
+    worker_processes: int = Field(1, ge=1, description="Worker processes sharing this machine's CPUs "
+                                  "(`worker --concurrency` sets it)")
 
     overwrite_reviewed: bool = Field(False, description="Re-labelling replaces labels a person reviewed too")
     lease_seconds: int = Field(60, ge=10, description="Lease TTL of a claimed item; the worker renews it every "
@@ -56,6 +63,14 @@ class Settings(BaseSettings):
         if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
             return v
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
+
+    @field_validator("precision")
+    @classmethod
+    def _check_precision(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v in ("fp32", "bf16", "fp16"):
+            return v
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {v!r}")
 
     @model_validator(mode="after")
     def _check_time_limits(self) -> Settings:

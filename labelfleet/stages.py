@@ -8,12 +8,12 @@ frame; boxes are absolute pixel xyxy.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
-from labelfleet.types import BoolArray, Detections, RGBImage, Tag
+from labelfleet.types import Detections, RGBImage, Tag
 
 
 @runtime_checkable
@@ -52,8 +52,9 @@ class Segmenter(Protocol):
 
     def segment_boxes(
         self, images: Sequence[RGBImage], boxes: Sequence[npt.NDArray[np.float32]]
-    ) -> list[BoolArray]:
-        """One mask per box: ``boxes[i]`` is ``(n_i, 4)`` pixel xyxy; returns ``(n_i, H, W)`` bool."""
+    ) -> list[list[dict[str, Any]]]:
+        """One mask per box: ``boxes[i]`` is ``(n_i, 4)`` pixel xyxy (may extend past the image);
+        returns per image ``n_i`` box-cropped mask records (:mod:`labelfleet.masks`) in its frame."""
         ...
 
 

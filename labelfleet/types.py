@@ -5,7 +5,9 @@ Coordinate conventions (the same everywhere inside labelfleet):
 * boxes are **absolute pixel xyxy** ``[x0, y0, x1, y1]`` in the *upright*
   image frame (after EXIF orientation), float32; x grows to the right and
   y grows downwards; ``x1 >= x0`` and ``y1 >= y0``;
-* masks are full-frame boolean arrays of shape ``(H, W)``;
+* stored/passed instance masks are *mask records* (see :mod:`labelfleet.masks`):
+  COCO RLE of a crop plus its offset in the ``(H, W)`` frame, never a
+  full-frame array per detection;
 * FiftyOne's relative ``[x, y, w, h]`` boxes appear only in the review adapter.
 """
 
@@ -51,6 +53,19 @@ def _check_len(name: str, value: np.ndarray, n: int) -> None:
         raise ValueError(f"{name} must be a 1D array with shape ({n},), but got shape {value.shape}")
 
 
+def _mask_records(mask: Any, n: int) -> npt.NDArray[Any]:
+    """Validate ``mask`` as ``n`` mask records and return them as an ``(n,)`` object array."""
+    if isinstance(mask, np.ndarray) and mask.dtype != object:
+        raise ValueError(f"mask must hold {n} mask records (dicts), not a {mask.dtype} array of shape {mask.shape}")
+    out = np.empty((len(mask),), dtype=object)
+    for i, rec in enumerate(mask):
+        if not isinstance(rec, dict) or "size" not in rec or "counts" not in rec:
+            raise ValueError(f"mask[{i}] must be a mask record dict with 'size' and 'counts', got {type(rec).__name__}")
+        out[i] = rec
+    _check_len("mask", out, n)
+    return out
+
+
 @dataclass
 class Detections:
     """Detections of one image as parallel arrays (after supervision's ``Detections``).
@@ -59,7 +74,11 @@ class Detections:
         xyxy: ``(n, 4)`` float32, absolute pixel ``[x0, y0, x1, y1]``.
         confidence: ``(n,)`` float32 scores in [0, 1].
         class_name: ``(n,)`` object array of ``str`` class names.
-        mask: optional ``(n, H, W)`` bool full-frame instance masks.
+        mask: optional ``(n,)`` object array of mask records, one per detection:
+            ``{"size": [h, w], "counts": str, "offset": [x0, y0], "frame": [H, W]}``
+            (box-cropped COCO RLE, :func:`labelfleet.masks.encode_mask_record`;
+            read them with the ``mask_record_*`` functions). Full-frame arrays
+            are never kept per detection, so memory does not grow with the photo.
         data: extra per-detection columns, each of length ``n``
             (e.g. ``"phrase"``: the text GroundingDINO matched,
             ``"tag"``: the RAM tag the class came from).
@@ -68,7 +87,7 @@ class Detections:
     xyxy: FloatArray
     confidence: FloatArray
     class_name: npt.NDArray[Any]
-    mask: BoolArray | None = None
+    mask: npt.NDArray[Any] | None = None
     data: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -87,9 +106,7 @@ class Detections:
         self.class_name = np.asarray(list(self.class_name), dtype=object).reshape(-1)
         _check_len("class_name", self.class_name, n)
         if self.mask is not None:
-            self.mask = np.asarray(self.mask, dtype=bool)
-            if self.mask.ndim != 3 or self.mask.shape[0] != n:
-                raise ValueError(f"mask must be a 3D array with shape ({n}, H, W), but got shape {self.mask.shape}")
+            self.mask = _mask_records(self.mask, n)
         for key, col in list(self.data.items()):
             col = np.asarray(list(col), dtype=object) if not isinstance(col, np.ndarray) else col
             _check_len(f"data[{key!r}]", col, n)

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from labelfleet.errors import ConfigError
-from labelfleet.masks import decode_rle, encode_rle, mask_to_xyxy, rle_area
+from labelfleet.masks import decode_rle, encode_mask_record, encode_rle, mask_to_xyxy, rle_area
 from labelfleet.models.catalog import MODELS, PRESETS, get_model, get_preset
 from labelfleet.types import Detections, cxcywh_norm_to_xyxy
 
 
 def _dets(n: int = 3, with_mask: bool = False) -> Detections:
     xyxy = np.array([[0, 0, 10, 10], [5, 5, 20, 30], [1, 2, 3, 4]], np.float32)[:n]
-    mask = np.zeros((n, 40, 50), bool) if with_mask else None
+    mask = [encode_mask_record(np.ones((2, 3), bool), i, 0, (40, 50)) for i in range(n)] if with_mask else None
     return Detections(xyxy=xyxy, confidence=np.array([0.9, 0.5, 0.3][:n]), class_name=["a", "b", "c"][:n],
                       mask=mask, data={"phrase": ["pa", "pb", "pc"][:n]})
 
@@ -22,7 +22,9 @@ BAD_DETECTIONS = [
     ({"xyxy": np.zeros((2, 3))}, "xyxy must be a 2D array with shape (_, 4), but got shape (2, 3)"),
     ({"confidence": np.zeros(2)}, "confidence must be a 1D array with shape (3,), but got shape (2,)"),
     ({"class_name": ["a"]}, "class_name must be a 1D array with shape (3,), but got shape (1,)"),
-    ({"mask": np.zeros((2, 4, 4), bool)}, "mask must be a 3D array with shape (3, H, W), but got shape (2, 4, 4)"),
+    ({"mask": [{"size": [1, 1], "counts": "01"}] * 2}, "mask must be a 1D array with shape (3,), but got shape (2,)"),
+    ({"mask": np.zeros((3, 4, 4), bool)}, "mask must hold 3 mask records (dicts), not a bool array of shape (3, 4, 4)"),
+    ({"mask": [{"size": [1, 1]}] * 3}, "mask[0] must be a mask record dict with 'size' and 'counts', got dict"),
     ({"xyxy": np.array([[5, 0, 1, 1]] * 3)}, "xyxy must satisfy x1 >= x0 and y1 >= y0"),
     ({"xyxy": np.array([[0, 0, np.nan, 1]] * 3)}, "xyxy must be finite"),
     ({"data": {"phrase": ["x"]}}, "data['phrase'] must be a 1D array with shape (3,), but got shape (1,)"),

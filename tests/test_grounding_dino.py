@@ -36,11 +36,9 @@ def detector(**kwargs: float | int) -> GroundingDinoDetector:
 
 
 def check_detections(dets: Detections, image: np.ndarray, classes: list[str], box_threshold: float) -> None:
-    h, w = image.shape[:2]
-    assert dets.xyxy.dtype == np.float32
-    assert np.all(dets.xyxy >= 0)
-    assert np.all(dets.xyxy[:, [0, 2]] <= w) and np.all(dets.xyxy[:, [1, 3]] <= h)
-    assert np.all(dets.xyxy[:, 2] > dets.xyxy[:, 0]) and np.all(dets.xyxy[:, 3] > dets.xyxy[:, 1])
+    assert image.ndim == 3
+    assert dets.xyxy.dtype == np.float32  # unclipped: boxes may extend past the image, as predicted
+    assert np.all(dets.xyxy[:, 2] >= dets.xyxy[:, 0]) and np.all(dets.xyxy[:, 3] >= dets.xyxy[:, 1])
     assert set(dets.class_name.tolist()) <= set(classes)
     assert np.all(dets.confidence > box_threshold)
     assert np.all(np.diff(dets.confidence) <= 0)

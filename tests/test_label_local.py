@@ -85,7 +85,7 @@ def test_label_fixed_classes_then_rerun_is_idempotent(folder: Path, db_url: str,
     for name in set(bad_inputs()) - set(BAD_OUTCOMES):
         assert rows[name][0] == "done", (name, rows[name])
     assert classes <= {"cat", "dog", "person", "car"}
-    assert all(m and set(m) == {"size", "counts"} for m in masks)
+    assert all(m and set(m) == {"size", "counts", "offset", "frame"} for m in masks)  # box-cropped records
     assert {"read_decode", "detect", "segment", "write"} <= set(rows["img_0000.jpg"][2])
     before = _label_counts(db_url)
     out = _cli(*args)  # re-run: nothing to do, nothing duplicated

@@ -153,8 +153,11 @@ def build_stages(preset: Preset, settings: Settings, *, automatic: bool, config:
     """Resolve and load the models of ``preset`` (tagger only in automatic mode)."""
     from workers.stages.registry import build_detector, build_segmenter
 
+    from workers.threads import configure_torch_threads
+
     ck = checkpoints or {}
     device = resolve_device(settings.device)
+    configure_torch_threads(settings)
     kw: dict[str, Any] = {"allow_download": allow_download, "progress": progress}
     det = resolve_model(preset.detector, "detector", settings, checkpoint=ck.get("detector"), **kw)
     seg = resolve_model(preset.segmenter, "segmenter", settings, checkpoint=ck.get("segmenter"), **kw)
@@ -162,8 +165,9 @@ def build_stages(preset: Preset, settings: Settings, *, automatic: bool, config:
                               text_encoder_dir=det.files["text_encoder_dir"], device=device,
                               box_threshold=config.box_threshold,
                               text_threshold=config.text_threshold, nms_iou=config.nms_iou,
-                              batch_size=settings.batch_size)
-    segmenter = build_segmenter(seg.key, checkpoint=seg.files["checkpoint"], device=device)
+                              batch_size=settings.batch_size, precision=settings.precision)
+    segmenter = build_segmenter(seg.key, checkpoint=seg.files["checkpoint"], device=device,
+                                encoder_batch_size=settings.batch_size, precision=settings.precision)
     tagger, tag_prov = None, None
     if automatic:
         tag = resolve_model(preset.tagger, "tagger", settings, checkpoint=ck.get("tagger"), **kw)

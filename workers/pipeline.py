@@ -11,10 +11,12 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from labelfleet.captions import normalize_class
+from labelfleet.masks import encode_mask_record, mask_record_crop, mask_record_frame
 from labelfleet.pipeline_config import PipelineConfig
 from labelfleet.stages import Detector, Segmenter, Tagger
 from labelfleet.types import Detections, RGBImage, Tag, clip_xyxy
@@ -29,7 +31,8 @@ MAX_ASPECT = 32
 
 @dataclass
 class ImageLabels:
-    """Labels of one image. ``detections.mask`` is full-frame when segmentation ran."""
+    """Labels of one image: boxes clipped to the image, ``detections.mask`` = box-cropped
+    mask records (:mod:`labelfleet.masks`) when segmentation ran."""
 
     tags: list[Tag]
     detections: Detections
@@ -48,12 +51,22 @@ def pad_for_models(image: RGBImage) -> RGBImage:
     return out
 
 
+def _record_in_frame(rec: dict[str, Any], h: int, w: int) -> dict[str, Any]:
+    """A mask record of a padded frame restricted to its top-left ``h x w`` (unchanged if it fits)."""
+    if mask_record_frame(rec) == (h, w):
+        return rec
+    crop, x0, y0 = mask_record_crop(rec)
+    x0, y0 = min(x0, w), min(y0, h)
+    return encode_mask_record(crop[: max(0, h - y0), : max(0, w - x0)], x0, y0, (h, w))
+
+
 def _crop_back(dets: Detections, h: int, w: int) -> Detections:
-    """Clip boxes to the original ``w x h`` frame and crop masks; drop boxes left with no area."""
+    """Clip boxes to the original ``w x h`` frame (the only clipping: NMS and SAM saw the
+    unclipped boxes, as in Grounded-SAM's demo) and crop masks; drop boxes left with no area."""
     if len(dets) == 0:
         return dets
     xyxy = clip_xyxy(dets.xyxy, w, h)
-    mask = None if dets.mask is None else dets.mask[:, :h, :w]
+    mask = None if dets.mask is None else [_record_in_frame(r, h, w) for r in dets.mask]
     out = Detections(xyxy=xyxy, confidence=dets.confidence, class_name=dets.class_name, mask=mask,
                      data=dets.data)
     keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
@@ -129,7 +142,7 @@ class Pipeline:
         if not todo:
             return dets
         masks = self.segmenter.segment_boxes([images[i] for i in todo], [dets[i].xyxy for i in todo])
-        for i, m in zip(todo, masks, strict=True):
+        for i, m in zip(todo, masks, strict=True):  # m: mask records of the (padded) image
             d = dets[i]
             dets[i] = Detections(xyxy=d.xyxy, confidence=d.confidence, class_name=d.class_name, mask=m,
                                  data=dict(d.data))

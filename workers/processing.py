@@ -39,7 +39,7 @@ from labelfleet.errors import (
     WorkerUnhealthy,
 )
 from labelfleet.images import DecodedImage, decode_image
-from labelfleet.masks import encode_rle
+from labelfleet.masks import mask_record_area
 from labelfleet.settings import Settings
 from labelfleet.storage.base import Source
 from workers.pipeline import ImageLabels, Pipeline
@@ -119,18 +119,18 @@ class _Row:
 
 
 def labels_to_rows(labels: ImageLabels) -> repo.LabelRows:
-    """Convert pipeline output to DB rows (pixel xyxy, COCO RLE masks)."""
+    """Convert pipeline output to DB rows (pixel xyxy; box-cropped mask records, area from the RLE)."""
     d = labels.detections
     rows = []
     for i in range(len(d)):
         x0, y0, x1, y1 = (float(v) for v in d.xyxy[i])
-        rle = encode_rle(d.mask[i]) if d.mask is not None else None
+        rle = d.mask[i] if d.mask is not None else None
         rows.append({
             "x0": x0, "y0": y0, "x1": x1, "y1": y1, "score": float(d.confidence[i]),
             "class_name": str(d.class_name[i]),
             "phrase": str(d.data["phrase"][i]) if "phrase" in d.data else None,
             "tag": d.data["tag"][i] if "tag" in d.data else None,
-            "mask": rle, "area": int(d.mask[i].sum()) if d.mask is not None else None,
+            "mask": rle, "area": mask_record_area(rle) if rle is not None else None,
         })
     return repo.LabelRows(tags=[(t.name, float(t.score)) for t in labels.tags], detections=rows)
 

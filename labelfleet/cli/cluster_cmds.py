@@ -121,7 +121,7 @@ def worker(
     settings = make_settings(db_url=db, broker_url=broker, models=models, device=device)
     for key, value in (("DB_URL", settings.db_url.get_secret_value()),
                        ("BROKER_URL", settings.broker_url.get_secret_value()), ("DEVICE", settings.device),
-                       ("MODELS", settings.models)):
+                       ("MODELS", settings.models), ("WORKER_PROCESSES", str(concurrency))):
         os.environ[f"LABELFLEET_{key}"] = value  # child processes and workers.celeryconfig read these
     engine_for(settings).dispose()  # fail fast when the schema is missing or old
     from labelfleet.settings import check_device

@@ -1,7 +1,10 @@
 """GroundingDINO open-set box detector (groundingdino-py 0.4.0), batched, device-agnostic.
 
 Frames: input images are ``(H, W, 3)`` uint8 RGB; output boxes are absolute
-pixel xyxy in that original frame, clipped to ``[0, W] x [0, H]``.
+pixel xyxy in that original frame, **not clipped** (they may extend past the
+image, as the model predicts them). As in Grounded-SAM's demos
+(``automatic_label_ram_demo.py``), NMS and the SAM prompts use these unclipped
+boxes; the pipeline clips only when it stores them.
 
 We do our own preprocessing instead of ``groundingdino.util.inference``
 (whose ``load_image``/``predict`` hard-code PIL paths and ``cuda``):
@@ -35,8 +38,9 @@ from PIL import Image
 
 from labelfleet.captions import MAX_TEXT_TOKENS, assign_classes, build_caption, class_spans, split_classes
 from labelfleet.errors import ConfigError, PermanentError
-from labelfleet.types import Detections, RGBImage, clip_xyxy, cxcywh_norm_to_xyxy
-from workers.stages.postprocess import drop_degenerate, nms_detections
+from labelfleet.types import Detections, RGBImage, cxcywh_norm_to_xyxy
+from workers.stages.postprocess import nms_detections
+from workers.stages.precision import amp_dtype, install_autocast, use_precision
 
 logger = logging.getLogger(__name__)
 
@@ -243,6 +247,7 @@ class GroundingDinoDetector:
         batch_size: int = 4,
         image_size: int = 800,
         max_size: int = 1333,
+        precision: str = "fp32",
     ) -> None:
         for name, value in (
             ("box_threshold", box_threshold),
@@ -259,6 +264,10 @@ class GroundingDinoDetector:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         install_batch_fixes(self.model)
+        self.amp_dtype = amp_dtype(precision)
+        if self.amp_dtype is not None:  # Swin and BERT only; deformable attention etc. stay fp32
+            install_autocast(self.model.backbone)  # type: ignore[arg-type]
+            install_autocast(self.model.bert)  # type: ignore[arg-type]
         self.tokenizer: Any = model.tokenizer
         if not getattr(self.tokenizer, "is_fast", False):
             raise ConfigError("GroundingDINO needs a fast tokenizer (offset mapping); install `tokenizers`")
@@ -273,10 +282,12 @@ class GroundingDinoDetector:
         """Detect ``classes[i]`` in ``images[i]`` (see :meth:`labelfleet.stages.Detector.detect`).
 
         Returns per image a :class:`Detections`: ``xyxy`` float32 absolute px
-        in the original frame, ``confidence`` = the box's best token score
-        (> ``box_threshold``), ``class_name`` taken from ``classes[i]`` (original
-        spelling), ``data["phrase"]``; class-agnostic NMS applied, sorted by
-        decreasing confidence.
+        in the original frame, unclipped, ``confidence`` = the box's best token
+        score (> ``box_threshold``), ``class_name`` taken from ``classes[i]``
+        (original spelling), ``data["phrase"]`` (see
+        :func:`labelfleet.captions.assign_classes`); class-agnostic NMS applied
+        on the unclipped boxes (``torchvision.ops.nms``, as the demo does),
+        sorted by decreasing confidence.
         """
         if len(images) != len(classes):
             raise ValueError(f"got {len(images)} images but {len(classes)} class lists")
@@ -299,11 +310,10 @@ class GroundingDinoDetector:
                 for job, dets in zip(batch, self._forward(batch, inputs), strict=True):
                     parts[job.image_idx].append(dets)
         out = []
-        for i, image in enumerate(images):
-            h, w = image.shape[:2]
-            merged = drop_degenerate(_clipped(Detections.merge(parts.get(i, [])), w, h))
+        for i in range(len(images)):
+            merged = Detections.merge(parts.get(i, []))
             out.append(_with_phrase(nms_detections(merged, self.nms_iou)))
-            logger.debug("image %d (%dx%d): %d boxes", i, w, h, len(out[-1]))
+            logger.debug("image %d: %d boxes", i, len(out[-1]))
         return out
 
     def _forward(
@@ -314,7 +324,7 @@ class GroundingDinoDetector:
 
         tensors = torch.stack([inputs[j.image_idx][0] for j in batch]).to(self.device)
         mask = torch.zeros((tensors.shape[0], *tensors.shape[2:]), dtype=torch.bool, device=self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), use_precision(self.device, self.amp_dtype):
             out = self.model(NestedTensor(tensors, mask), captions=[j.caption for j in batch])
         logits = out["pred_logits"].float().sigmoid().cpu().numpy()  # (B, nq, 256)
         boxes = out["pred_boxes"].float().cpu().numpy()  # (B, nq, 4) cxcywh in [0, 1]
@@ -348,19 +358,6 @@ class GroundingDinoDetector:
             class_name=np.asarray([job.classes[c] for c in class_idx], dtype=object),
             data={"phrase": np.asarray(phrases, dtype=object)},
         )
-
-
-def _clipped(dets: Detections, width: int, height: int) -> Detections:
-    """``dets`` with boxes clipped to the ``width x height`` original frame."""
-    if len(dets) == 0:
-        return dets
-    return Detections(
-        xyxy=clip_xyxy(dets.xyxy, width, height),
-        confidence=dets.confidence,
-        class_name=dets.class_name,
-        mask=dets.mask,
-        data=dict(dets.data),
-    )
 
 
 def _with_phrase(dets: Detections) -> Detections:

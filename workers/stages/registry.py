@@ -94,6 +94,7 @@ def build_detector(
     nms_iou: float = 0.5,
     batch_size: int = 4,
     image_size: int | None = None,
+    precision: str = "fp32",
 ) -> GroundingDinoDetector:
     """Build and load a detector by settings key.
 
@@ -118,6 +119,7 @@ def build_detector(
         batch_size=batch_size,
         image_size=size,
         max_size=round(size * DEFAULT_MAX_SIZE / DEFAULT_IMAGE_SIZE),
+        precision=precision,
     )
 
 
@@ -168,10 +170,13 @@ SEGMENTER_BUILDERS: dict[str, Callable[[Path | None], torch.nn.Module]] = {
 
 
 def build_segmenter(
-    key: str, *, checkpoint: Path | None, device: str, encoder_batch_size: int = 1
+    key: str, *, checkpoint: Path | None, device: str, encoder_batch_size: int = 1, precision: str = "fp32"
 ) -> SamSegmenter:
-    """Build and load a segmenter by settings key (errors as in :func:`build_detector`)."""
+    """Build and load a segmenter by settings key (errors as in :func:`build_detector`).
+
+    ``encoder_batch_size`` images share one image-encoder forward (the pipeline passes its batch size).
+    """
     builder = _lookup(SEGMENTER_BUILDERS, "segmenter", key)
     model = builder(checkpoint)
     logger.info("built segmenter %s (checkpoint=%s, device=%s)", key, checkpoint, device)
-    return SamSegmenter(model, device=device, encoder_batch_size=encoder_batch_size)
+    return SamSegmenter(model, device=device, encoder_batch_size=encoder_batch_size, precision=precision)

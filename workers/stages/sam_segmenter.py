@@ -1,9 +1,14 @@
 """SAM promptable segmentation (segment-anything 1.0), batched boxes, device-agnostic.
 
 Frames: images are ``(H, W, 3)`` uint8 RGB; boxes are absolute pixel xyxy and
-points absolute pixel ``(x, y)`` in that frame; masks are full-frame
-``(H, W)`` bool. Results equal ``SamPredictor`` (``set_image`` +
-``predict_torch(..., multimask_output=False)``) for the same model.
+points absolute pixel ``(x, y)`` in that frame (boxes may extend past the
+image, as GroundingDINO predicts them; SAM takes them as they are).
+:meth:`SamSegmenter.segment_boxes` returns *mask records* (box-cropped COCO
+RLE, :mod:`labelfleet.masks`): each mask is cropped to its own extent on the
+device and RLE-encoded on the host at once, so no full-frame array exists per
+detection and memory is bounded by the model input size, not the photo.
+Masks equal ``SamPredictor`` (``set_image`` + ``predict_torch(...,
+multimask_output=False)``) for the same model up to float rounding.
 
 Extreme aspect ratios (e.g. 1x10000), which ``ResizeLongestSide`` would shrink
 to 0 px, are padded bottom/right with the pixel mean so the resized short
@@ -21,7 +26,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from labelfleet.masks import encode_mask_record, mask_record_full
 from labelfleet.types import BoolArray, RGBImage
+from workers.stages.precision import amp_dtype, autocast
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +46,49 @@ class _Prepared:
     original_size: tuple[int, int]
 
 
+#: (i0, i1, lambda) per output pixel of a bilinear resize along one axis.
+_SourceIndex = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _source_index(out_size: int, in_size: int, device: torch.device) -> _SourceIndex:
+    """Source indexes and weights of ``F.interpolate(mode="bilinear", align_corners=False)`` on one axis.
+
+    Output pixel ``j`` reads input pixels ``i0[j]`` and ``i1[j]`` with weights
+    ``1 - lam[j]`` and ``lam[j]`` (float32, as PyTorch computes them).
+    """
+    scale = torch.tensor(in_size, dtype=torch.float32) / torch.tensor(out_size, dtype=torch.float32)
+    dst = torch.arange(out_size, dtype=torch.float32, device=device)
+    src = (scale.to(device) * (dst + 0.5) - 0.5).clamp_(min=0)
+    i0 = src.to(torch.int64)
+    return i0, torch.clamp(i0 + 1, max=in_size - 1), src - i0
+
+
+def _window(hot: torch.Tensor, index: _SourceIndex, limit: int) -> tuple[int, int] | None:
+    """Output range ``[a, b)`` (within ``[0, limit)``) whose bilinear sources touch a ``hot`` input pixel."""
+    where = torch.nonzero(hot).flatten()
+    if where.numel() == 0:
+        return None
+    lo, hi = where[0], where[-1]
+    i0, i1, _ = index
+    ok = torch.nonzero((i0[:limit] <= hi) & (i1[:limit] >= lo)).flatten()
+    if ok.numel() == 0:
+        return None
+    return int(ok[0]), int(ok[-1]) + 1
+
+
+def _tight(mask: torch.Tensor, x0: int, y0: int) -> tuple[BoolArray, int, int]:
+    """Crop a ``(h, w)`` bool device mask at ``(x0, y0)`` to its set pixels; host ``(crop, x, y)``.
+
+    An empty mask gives a ``(0, 0)`` crop at ``(0, 0)``.
+    """
+    ys = torch.nonzero(mask.any(dim=1)).flatten()
+    if ys.numel() == 0:
+        return np.zeros((0, 0), bool), 0, 0
+    xs = torch.nonzero(mask.any(dim=0)).flatten()
+    y_lo, y_hi, x_lo, x_hi = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+    return mask[y_lo:y_hi, x_lo:x_hi].cpu().numpy(), x0 + x_lo, y0 + y_lo
+
+
 def _check_image(image: RGBImage) -> None:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         shape = getattr(image, "shape", None)
@@ -54,19 +104,34 @@ class SamSegmenter:
         model: a ``segment_anything.modeling.Sam`` (moved to ``device`` here, once).
         device: any torch device string ("cpu", "cuda", "cuda:1").
         encoder_batch_size: images per image-encoder forward (>1 helps on GPU).
-        upscale_chunk: boxes upscaled to full resolution at a time (bounds the
-            float memory of ``(n, H, W)`` logits on large images).
+        upscale_chunk: masks upscaled to the encoder's ``img_size`` square at a
+            time (``upscale_chunk * img_size**2`` floats on the device).
+        decoder_chunk: boxes per prompt-encoder/mask-decoder call (bounds the
+            decoder's activations when an image has hundreds of boxes).
+        strip_pixels: frames of at most this many pixels are resized whole, one
+            mask at a time (exactly ``postprocess_masks``); larger frames only
+            inside each mask's window, in strips of this many pixels.
+        precision: ``"fp32"`` or ``"bf16"``/``"fp16"`` autocast for the image
+            encoder only (prompt encoder, decoder and upscaling stay fp32).
     """
 
     def __init__(
-        self, model: Any, *, device: str = "cpu", encoder_batch_size: int = 1, upscale_chunk: int = 16
+        self,
+        model: Any,
+        *,
+        device: str = "cpu",
+        encoder_batch_size: int = 1,
+        upscale_chunk: int = 16,
+        decoder_chunk: int = 32,
+        strip_pixels: int = 1 << 22,
+        precision: str = "fp32",
     ) -> None:
         from segment_anything.utils.transforms import ResizeLongestSide
 
-        if encoder_batch_size < 1 or upscale_chunk < 1:
+        if min(encoder_batch_size, upscale_chunk, decoder_chunk, strip_pixels) < 1:
             raise ValueError(
-                f"encoder_batch_size and upscale_chunk must be >= 1, got "
-                f"{encoder_batch_size}, {upscale_chunk}"
+                f"encoder_batch_size, upscale_chunk, decoder_chunk and strip_pixels must be >= 1, got "
+                f"{encoder_batch_size}, {upscale_chunk}, {decoder_chunk}, {strip_pixels}"
             )
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -74,6 +139,9 @@ class SamSegmenter:
         self.transform = ResizeLongestSide(self.img_size)
         self.encoder_batch_size = encoder_batch_size
         self.upscale_chunk = upscale_chunk
+        self.decoder_chunk = decoder_chunk
+        self.strip_pixels = strip_pixels
+        self.amp_dtype = amp_dtype(precision)
 
     # ------------------------------------------------------------------ helpers
     def _pad_extreme(self, image: RGBImage) -> RGBImage:
@@ -107,30 +175,100 @@ class SamSegmenter:
         for start in range(0, len(prepared), self.encoder_batch_size):
             chunk = prepared[start : start + self.encoder_batch_size]
             batch = torch.cat([self.model.preprocess(p.tensor) for p in chunk])
-            feats.append(self.model.image_encoder(batch))
+            with autocast(self.device, self.amp_dtype):
+                feats.append(self.model.image_encoder(batch).float())
         return torch.cat(feats)
 
     def _decode(
         self, features: torch.Tensor, prep: _Prepared, points: Any, boxes: torch.Tensor | None
-    ) -> BoolArray:
-        """Prompt encoder + mask decoder for one image; returns ``(n, H, W)`` bool in the original frame."""
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=None)
-        low_res, _ = self.model.mask_decoder(
-            image_embeddings=features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
-        h, w = prep.original_size
-        out = np.empty((low_res.shape[0], h, w), dtype=bool)
-        for start in range(0, low_res.shape[0], self.upscale_chunk):
-            up = self.model.postprocess_masks(
-                low_res[start : start + self.upscale_chunk], prep.input_size, prep.padded_size
+    ) -> list[dict[str, Any]]:
+        """Prompt encoder + mask decoder for one image, ``decoder_chunk`` prompts per call.
+
+        Returns one box-cropped mask record per prompt (see :func:`_mask_records`).
+        """
+        n = 1 if boxes is None else boxes.shape[0]
+        out: list[dict[str, Any]] = []
+        for start in range(0, n, self.decoder_chunk):
+            chunk = None if boxes is None else boxes[start : start + self.decoder_chunk]
+            sparse, dense = self.model.prompt_encoder(points=points, boxes=chunk, masks=None)
+            low_res, _ = self.model.mask_decoder(
+                image_embeddings=features,
+                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
             )
-            masks = up[:, 0, :h, :w] > self.model.mask_threshold
-            out[start : start + masks.shape[0]] = masks.cpu().numpy()
+            for sub in range(0, low_res.shape[0], self.upscale_chunk):
+                out.extend(self._mask_records(low_res[sub : sub + self.upscale_chunk].float(), prep))
         return out
+
+    def _mask_records(self, low_res: torch.Tensor, prep: _Prepared) -> list[dict[str, Any]]:
+        """Low-res logits ``(c, 1, 256, 256)`` -> one mask record each, never a full-frame array.
+
+        The first upscale (to the encoder's ``img_size`` square, then the crop to
+        ``input_size``) is exactly ``Sam.postprocess_masks``' and is bounded by the
+        model input size. The second (to the photo's size) runs one mask at a
+        time: whole for frames up to ``strip_pixels`` (bit-identical to
+        ``postprocess_masks``); for larger frames only in the window where a pixel
+        can pass ``mask_threshold`` (bilinear weights are convex, so such a pixel
+        needs a positive input neighbour), in row strips, equal to
+        ``postprocess_masks`` up to float rounding (|diff| < 1e-4 in logits).
+        Each mask is cropped to its tight extent before it leaves the device and
+        RLE-encoded at once. Masks are not clipped to their box (the demo's are not).
+        """
+        size = self.img_size
+        up = torch.nn.functional.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
+        up = up[:, 0, : prep.input_size[0], : prep.input_size[1]]
+        thr = float(self.model.mask_threshold)
+        h, w = prep.original_size
+        ph, pw = prep.padded_size
+        if ph * pw <= self.strip_pixels:  # small frame: one bounded resize per mask, as postprocess_masks
+            out = []
+            for k in range(up.shape[0]):
+                full = torch.nn.functional.interpolate(up[k : k + 1, None], (ph, pw), mode="bilinear",
+                                                       align_corners=False)[0, 0, :h, :w] > thr
+                crop, x0, y0 = _tight(full, 0, 0)
+                out.append(encode_mask_record(crop, x0, y0, (h, w)))
+            return out
+        rows_idx = _source_index(prep.padded_size[0], up.shape[1], up.device)
+        cols_idx = _source_index(prep.padded_size[1], up.shape[2], up.device)
+        hot = up > thr - 1e-3
+        any_rows, any_cols = hot.any(dim=2), hot.any(dim=1)
+        out = []
+        for k in range(up.shape[0]):
+            rows = _window(any_rows[k], rows_idx, h)
+            cols = _window(any_cols[k], cols_idx, w)
+            crop, x0, y0 = None, 0, 0
+            if rows is not None and cols is not None:
+                crop, x0, y0 = self._window_mask(up[k], rows_idx, cols_idx, rows, cols, thr)
+            if crop is None:
+                out.append(encode_mask_record(np.zeros((0, 0), bool), 0, 0, (h, w)))
+            else:
+                out.append(encode_mask_record(crop, x0, y0, (h, w)))
+        return out
+
+    def _window_mask(
+        self,
+        logits: torch.Tensor,
+        rows_idx: _SourceIndex,
+        cols_idx: _SourceIndex,
+        rows: tuple[int, int],
+        cols: tuple[int, int],
+        thr: float,
+    ) -> tuple[BoolArray | None, int, int]:
+        """Threshold the resized ``logits`` inside ``rows x cols`` (strips of rows); tight host crop or None."""
+        c0, c1 = cols
+        ci0, ci1, cl = (t[c0:c1] for t in cols_idx)
+        step = max(1, self.strip_pixels // max(1, c1 - c0))
+        strips = []
+        for r in range(rows[0], rows[1], step):
+            ri0, ri1, rl = (t[r : min(r + step, rows[1])] for t in rows_idx)
+            lam = rl[:, None]
+            t = (1 - lam) * logits[ri0] + lam * logits[ri1]  # (strip, w_in): rows first
+            wl = cl[None]
+            strips.append(((1 - wl) * t[:, ci0] + wl * t[:, ci1]) > thr)
+        crop, x0, y0 = _tight(torch.cat(strips), c0, rows[0])
+        return (crop, x0, y0) if crop.size else (None, 0, 0)
 
     def _boxes_tensor(self, boxes: npt.ArrayLike, prep: _Prepared) -> torch.Tensor:
         arr = np.asarray(boxes, dtype=np.float32)
@@ -143,26 +281,28 @@ class SamSegmenter:
     # --------------------------------------------------------------- public API
     def segment_boxes(
         self, images: Sequence[RGBImage], boxes: Sequence[npt.NDArray[np.float32]]
-    ) -> list[BoolArray]:
+    ) -> list[list[dict[str, Any]]]:
         """One mask per box.
 
         Args:
             images: ``(H_i, W_i, 3)`` uint8 RGB images.
-            boxes: ``boxes[i]`` is ``(n_i, 4)`` float absolute pixel xyxy in image ``i``.
+            boxes: ``boxes[i]`` is ``(n_i, 4)`` float absolute pixel xyxy in image ``i``
+                (not clipped: prompts exactly as GroundingDINO predicted them).
 
         Returns:
-            ``(n_i, H_i, W_i)`` bool masks, in box order. Each image with boxes
-            costs one encoder pass (batched over images) and one decoder pass
-            over all its boxes; images without boxes cost nothing.
+            Per image, ``n_i`` mask records in box order, in the ``H_i x W_i``
+            frame (``mask_record_full`` gives the ``(H_i, W_i)`` bool mask).
+            Images with boxes are encoded ``encoder_batch_size`` at a time, then
+            decoded ``decoder_chunk`` boxes at a time; images without boxes cost nothing.
         """
         if len(images) != len(boxes):
             raise ValueError(f"got {len(images)} images but {len(boxes)} box arrays")
-        out: list[BoolArray | None] = [None] * len(images)
+        out: list[list[dict[str, Any]] | None] = [None] * len(images)
         todo: list[tuple[int, _Prepared, torch.Tensor]] = []
         for i, (image, b) in enumerate(zip(images, boxes, strict=True)):
             _check_image(image)
             if len(np.asarray(b).reshape(-1)) == 0:
-                out[i] = np.zeros((0, *image.shape[:2]), dtype=bool)
+                out[i] = []
                 continue
             prep = self._prepare(image)
             todo.append((i, prep, self._boxes_tensor(b, prep)))
@@ -211,7 +351,7 @@ class SamSegmenter:
             )
             pts = (coords_t[None], torch.as_tensor(labels, device=self.device)[None])
         with torch.inference_mode():
-            return self._decode(self._encode([prep]), prep, pts, box_t)[0]
+            return mask_record_full(self._decode(self._encode([prep]), prep, pts, box_t)[0])
 
     def segment_everything(
         self, image: RGBImage, **amg_kwargs: Any

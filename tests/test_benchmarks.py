@@ -1,0 +1,57 @@
+"""Benchmarks run and say the right things (no timing asserts: speed is printed, never tested).
+
+* ``benchmarks.pipeline`` on 2 tiny images: every field of the JSON record, and the pipeline's
+  stored boxes equal the naive demo loop's (boxes_match == 1).
+* ``benchmarks.memory``: peak RSS of a 48 MP photo stays below 2x that of a 1 MP photo (masks are
+  box-cropped records, never full-frame arrays), and a mask record is bounded by its crop.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import memory
+from benchmarks import pipeline as bench
+
+KEYS = {"naive_img_s", "pipeline_img_s", "model_only_img_s", "peak_rss_mb", "boxes_match", "machine",
+        "pipeline_vs_naive", "pipeline_vs_model_only", "stage_ms", "cuda_max_allocated_mb",
+        "mask_bytes_per_detection", "random_weights"}
+
+
+def test_pipeline_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    bench.main(["--models", "tiny-random", "--device", "cpu", "--images", "2", "--size", "200x150",
+                "--batch-size", "2", "--json", str(out)])
+    record = json.loads(out.read_text())
+    assert KEYS <= set(record), KEYS - set(record)
+    assert record["boxes_match"] == 1.0 and record["item_status"] == ["done"]
+    assert record["detections_per_img"] > 0 and record["random_weights"] is True
+    assert all(record[k] > 0 for k in ("naive_img_s", "pipeline_img_s", "model_only_img_s", "peak_rss_mb"))
+    assert {"read_decode", "detect", "segment", "write"} <= set(record["stage_ms"])
+    assert record["machine"]["usable_cpus"] >= 1 and record["machine"]["cpu"] is not None
+    assert "labels are meaningless" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_peak_rss_of_a_48mp_photo_is_below_twice_a_1mp_photo(tmp_path: Path) -> None:
+    files = memory.tiny_files(tmp_path)
+    small = memory.measure(1, 100, tmp_path, files)
+    large = memory.measure(48, 100, tmp_path, files)
+    assert small["detections"] >= 90 and large["detections"] >= 90, (small, large)
+    assert (large["width"], large["height"]) == (8000, 6000)
+    assert large["peak_rss_mb"] < 2 * small["peak_rss_mb"], (small, large)
+
+
+def test_mask_records_scale_with_the_crop_not_the_frame() -> None:
+    """A smooth 300x200 mask costs the same few hundred bytes in a 1 MP and a 48 MP frame."""
+    from labelfleet.masks import encode_mask_record
+
+    yy, xx = np.mgrid[:200, :300]
+    crop = ((yy - 100) / 100) ** 2 + ((xx - 150) / 150) ** 2 <= 1
+    small = json.dumps(encode_mask_record(crop, 10, 20, (866, 1155)))
+    large = json.dumps(encode_mask_record(crop, 4000, 3000, (6000, 8000)))
+    assert abs(len(small) - len(large)) <= 8 and len(large) < 4096, (len(small), len(large))
