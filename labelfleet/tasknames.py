@@ -13,6 +13,8 @@ import re
 class TaskName(enum.StrEnum):
     #: kwargs: ``job_id: int``, ``item_ids: list[int]``
     PROCESS_CHUNK = "labelfleet.process_chunk"
+    #: kwargs: ``job_id: int``, ``item_ids: list[int]`` of an edit job (issue 14, :mod:`workers.edit_tasks`)
+    EDIT_CHUNK = "labelfleet.edit_chunk"
 
 
 QUEUE_PREFIX = "lf."
@@ -22,3 +24,17 @@ def queue_for(preset: str) -> str:
     """The queue of a model configuration: workers that loaded preset P consume ``lf.P``."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", preset)
     return f"{QUEUE_PREFIX}{safe}"
+
+
+# --- issue 14: edit jobs -------------------------------------------------------------------------------
+EDIT_QUEUE_PREFIX = f"{QUEUE_PREFIX}edit."
+
+
+def edit_queue_for(preset: str) -> str:
+    """The queue of edit jobs of a model preset: ``lf.edit.P`` (edit workers consume it)."""
+    return EDIT_QUEUE_PREFIX + queue_for(preset).removeprefix(QUEUE_PREFIX)
+
+
+def task_for_queue(queue: str) -> str:
+    """The task name a chunk published on ``queue`` must carry (edit queues run the edit task)."""
+    return str(TaskName.EDIT_CHUNK if queue.startswith(EDIT_QUEUE_PREFIX) else TaskName.PROCESS_CHUNK)

@@ -8,7 +8,7 @@ from functools import lru_cache
 
 from celery import Celery
 
-from labelfleet.tasknames import TaskName
+from labelfleet.tasknames import task_for_queue
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +23,9 @@ def producer(broker_url: str) -> Celery:
 
 
 def enqueue_chunk(broker_url: str, queue: str, job_id: int, item_ids: Sequence[int]) -> None:
-    """Publish one chunk: ``process_chunk(job_id=..., item_ids=[...])`` onto ``queue``."""
-    producer(broker_url).send_task(TaskName.PROCESS_CHUNK, kwargs={"job_id": job_id, "item_ids": list(item_ids)},
+    """Publish one chunk: ``process_chunk(job_id=..., item_ids=[...])`` onto ``queue`` (``edit_chunk`` on edit
+    queues, see :func:`labelfleet.tasknames.task_for_queue`)."""
+    producer(broker_url).send_task(task_for_queue(queue), kwargs={"job_id": job_id, "item_ids": list(item_ids)},
                                    queue=queue, serializer="json")
 
 

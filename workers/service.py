@@ -12,6 +12,7 @@ import os
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -100,8 +101,20 @@ def _set_context(ctx: WorkerContext) -> None:
     _CONTEXT, _CONTEXT_PID = ctx, os.getpid()
 
 
+#: Builds the processor of a chunk: ``build(ctx, job_id, job_config, source_uri, owner)``.
+ProcessorBuilder = Callable[[WorkerContext, int, dict[str, Any], str, str], ItemProcessor]
+
+
+def label_processor(ctx: WorkerContext, job_id: int, config: dict[str, Any], source_uri: str,
+                    owner: str) -> ItemProcessor:
+    """The labelling processor of a job (models shared through ``ctx``)."""
+    pipeline = ctx.pipeline_for(config)
+    source = ctx.source_for(source_uri, config.get("s3_endpoint_url"))
+    return ItemProcessor(ctx.factory, pipeline, ctx.settings, owner, source)
+
+
 def run_chunk(job_id: int, item_ids: list[int], *, hostname: str = "worker",
-              ctx: WorkerContext | None = None) -> dict[str, int]:
+              ctx: WorkerContext | None = None, build: ProcessorBuilder = label_processor) -> dict[str, int]:
     """Claim the still-claimable ``item_ids`` of ``job_id``, label them, record every outcome.
 
     Returns counts by status (``{"done": 30, "failed": 2}``); a cancelled or
@@ -123,11 +136,9 @@ def run_chunk(job_id: int, item_ids: list[int], *, hostname: str = "worker",
     if not ids:
         return {}
     try:
-        pipeline = ctx.pipeline_for(config)
-        source = ctx.source_for(source_uri, config.get("s3_endpoint_url"))
+        processor = build(ctx, job_id, config, source_uri, owner)
     except LabelfleetError as exc:
         return _fail_claimed(ctx, ids, owner, exc)
-    processor = ItemProcessor(ctx.factory, pipeline, ctx.settings, owner, source)
     try:
         stats = processor.process(ids)
     except BaseException as exc:
