@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from celery import Celery
 
-from labelfleet.tasknames import TaskName
+from labelfleet.tasknames import task_for_queue
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,9 @@ def new_message_id() -> str:
 
 def enqueue_chunk(broker_url: str, queue: str, job_id: int, item_ids: Sequence[int],
                   message_id: str | None = None) -> None:
-    """Publish one chunk: ``process_chunk(job_id=..., item_ids=[...])`` onto ``queue`` as task ``message_id``."""
-    producer(broker_url).send_task(TaskName.PROCESS_CHUNK, kwargs={"job_id": job_id, "item_ids": list(item_ids)},
+    """Publish one chunk: ``process_chunk(job_id=..., item_ids=[...])`` onto ``queue`` as task ``message_id``
+    (``edit_chunk`` on edit queues, see :func:`labelfleet.tasknames.task_for_queue`)."""
+    producer(broker_url).send_task(task_for_queue(queue), kwargs={"job_id": job_id, "item_ids": list(item_ids)},
                                    queue=queue, serializer="json", task_id=message_id)
 
 

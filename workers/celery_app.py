@@ -21,3 +21,4 @@ def _setup_logging(**_: Any) -> None:
 
 app.config_from_object("workers.celeryconfig")
 app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
+app.autodiscover_tasks(["workers"], related_name="edit_tasks", force=True)  # issue 14: edit jobs

@@ -73,6 +73,10 @@ def _make_tiny(key: str, out: Path) -> dict[str, Path]:
         from workers.stages.tiny import make_tiny_sam_files
 
         return make_tiny_sam_files(out)
+    if key == "sd_inpaint_tiny":  # issue 14
+        from workers.stages.tiny_inpaint import make_tiny_inpaint_files
+
+        return make_tiny_inpaint_files(out)
     from workers.stages.ram_tagger import make_tiny_ram_files
 
     return make_tiny_ram_files(out, variant=key)
@@ -118,6 +122,10 @@ def resolve_model(key: str, stage: str, settings: Settings, *, checkpoint: Path 
     weights); its sha256 is recorded but not checked against the catalog.
     """
     spec = get_model(key, stage)
+    if spec.stage == "inpainter":  # issue 14: diffusers folders
+        from workers.inpaint import resolve_inpainter
+
+        return resolve_inpainter(key, settings, allow_download=allow_download, progress=progress)
     root = settings.model_path
     if spec.generated:
         files = _generate(spec, root)

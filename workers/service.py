@@ -148,8 +148,22 @@ def _set_context(ctx: WorkerContext) -> None:
     _CONTEXT, _CONTEXT_PID = ctx, os.getpid()
 
 
+#: Builds the processor of a chunk: ``build(ctx, job_id, job_config, source_uri, owner)``.
+ProcessorBuilder = Callable[[WorkerContext, int, dict[str, Any], str, str], ItemProcessor]
+
+
+def label_processor(ctx: WorkerContext, job_id: int, config: dict[str, Any], source_uri: str,
+                    owner: str) -> ItemProcessor:
+    """The labelling processor of a job (models shared through ``ctx``; provenance recorded on the job)."""
+    loaded, pcfg = ctx.models_for(config)
+    pipeline = faults.inject(pipeline_from(loaded, pcfg))
+    source = ctx.source_for(source_uri, config.get("s3_endpoint_url"))
+    _record_provenance(ctx, job_id, loaded, pcfg.automatic)
+    return ItemProcessor(ctx.factory, pipeline, ctx.settings, owner, source)
+
+
 def run_chunk(job_id: int, item_ids: list[int], *, hostname: str = "worker",
-              ctx: WorkerContext | None = None) -> dict[str, int]:
+              ctx: WorkerContext | None = None, build: ProcessorBuilder = label_processor) -> dict[str, int]:
     """Claim the still-claimable ``item_ids`` of ``job_id``, label them, record every outcome.
 
     Returns counts by status (``{"done": 30, "failed": 2}``); a cancelled or
@@ -175,17 +189,13 @@ def run_chunk(job_id: int, item_ids: list[int], *, hostname: str = "worker",
         return {}
     config, source_uri, ids = claimed
     try:
-        loaded, pcfg = ctx.models_for(config)
-        pipeline = faults.inject(pipeline_from(loaded, pcfg))
-        source = ctx.source_for(source_uri, config.get("s3_endpoint_url"))
+        processor = build(ctx, job_id, config, source_uri, owner)
     except WorkerUnhealthy as exc:
         _release(ctx, ids, owner, exc, charge=False)
         ctx.report_unhealthy(exc.message)
         raise
     except LabelfleetError as exc:
         return _fail_claimed(ctx, ids, owner, exc)
-    _record_provenance(ctx, job_id, loaded, pcfg.automatic)
-    processor = ItemProcessor(ctx.factory, pipeline, ctx.settings, owner, source)
     with LeaseKeeper(ctx.factory, ids, owner, ctx.settings.lease_seconds):
         try:
             stats = processor.process(ids)

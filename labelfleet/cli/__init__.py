@@ -23,6 +23,7 @@ app = typer.Typer(
 app.callback()(common.global_options)
 label_cmds.register(app)
 job_cmds.register(app)
+__import__("labelfleet.cli.edit_cmds", fromlist=["register"]).register(app)  # issue 14: edit jobs
 app.add_typer(model_cmds.models_app, name="models")
 app.add_typer(job_cmds.db_app, name="db")
 

@@ -239,3 +239,49 @@ class JobClass(Base):
 
 
 # --- end issue #12 -------------------------------------------------------------------------------------
+
+
+# --- issue 14: edit jobs (inpainting) -------------------------------------------------------------------
+class EditReview(enum.StrEnum):
+    """A reviewer's verdict on one edited variant (tags ``accept`` / ``reject`` in the FiftyOne App)."""
+
+    KEPT = "kept"
+    DISCARDED = "discarded"
+
+
+class EditOutput(Base):
+    """Provenance of one edited image written by an edit job (one row per output file).
+
+    ``item_id`` is the edit job's item (the source image); ``mask`` the mask record
+    (:mod:`labelfleet.masks`) that was inpainted, in the source image's upright frame;
+    ``detection_idx`` the indices of the item's detections that formed it. ``output_key``
+    is the deterministic name relative to the job's destination, ``output_uri`` the full URI.
+    """
+
+    __tablename__ = "edit_outputs"
+    __table_args__ = (UniqueConstraint("job_id", "output_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    instance: Mapped[str] = mapped_column(String(64))
+    variant: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    output_key: Mapped[str] = mapped_column(Text)
+    output_uri: Mapped[str] = mapped_column(Text)
+    mask: Mapped[dict[str, Any]] = mapped_column(JSON)
+    detection_idx: Mapped[list[int]] = mapped_column(JSON)
+    prompt: Mapped[str] = mapped_column(Text)
+    negative_prompt: Mapped[str | None] = mapped_column(Text)
+    steps: Mapped[int] = mapped_column(Integer)
+    guidance: Mapped[float] = mapped_column(Float)
+    strength: Mapped[float] = mapped_column(Float)
+    model: Mapped[str] = mapped_column(String(200))
+    model_sha256: Mapped[str | None] = mapped_column(String(64))
+    random_weights: Mapped[bool] = mapped_column(Boolean)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = _now_col()
+    #: ``labelfleet edit-review --sync``: None = unreviewed, else one of :class:`EditReview`.
+    review_status: Mapped[str | None] = mapped_column(String(16))
+    reviewed_by: Mapped[str | None] = mapped_column(String(200))
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -36,7 +36,7 @@ class ModelSpec:
     """A model: the stage it serves, the builder key and its files."""
 
     key: str
-    stage: str  # "tagger" | "detector" | "segmenter"
+    stage: str  # "tagger" | "detector" | "segmenter" | "inpainter"
     description: str
     files: tuple[ModelFile, ...] = ()
     generated: bool = False
@@ -64,6 +64,31 @@ _BERT_TOKENIZER = (
               "ce64fce797c24f68df90b40a3f74f579b336a493db14bd583fd520ea0d8c9a98"),
     ModelFile("tokenizer/config.json", "bert-base-uncased/config.json", f"{_BERT}/config.json", 570,
               "7160e1553ad2ca51d8c1cb066be533db31826e12d173824c1bb0cb1a4f187d20"),
+)
+
+# --- issue 14: Stable Diffusion inpainting (diffusers folder layout) -----------------------------
+#: The official SD 1.5 inpainting weights, mirrored by the stable-diffusion-v1-5 org after runwayml's repo
+#: was withdrawn. TO BE VERIFIED: this catalog was written offline, so the commit to pin and the files'
+#: sizes and sha256 could not be read from the Hub. ``SD_INPAINT_REVISION`` is the branch name until someone
+#: pins the commit; files with ``sha256 == UNVERIFIED`` are downloaded, their observed sha256 recorded next to
+#: them and in every output's provenance, and reported as unverified (never claimed verified).
+SD_INPAINT_REPO = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+SD_INPAINT_REVISION = "main"
+UNVERIFIED = ""
+_SDI = f"https://huggingface.co/{SD_INPAINT_REPO}/resolve/{SD_INPAINT_REVISION}"
+_SD_INPAINT_FILES = tuple(
+    ModelFile(f"pipeline/{rel}", f"sd15-inpainting/{rel}", f"{_SDI}/{rel}", 0, UNVERIFIED)
+    for rel in ("model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
+                "text_encoder/model.fp16.safetensors", "tokenizer/merges.txt", "tokenizer/special_tokens_map.json",
+                "tokenizer/tokenizer_config.json", "tokenizer/vocab.json", "unet/config.json",
+                "unet/diffusion_pytorch_model.fp16.safetensors", "vae/config.json",
+                "vae/diffusion_pytorch_model.fp16.safetensors"))
+#: Labelling preset -> inpainting model used by `labelfleet edit` (tiny-random pairs with tiny random weights).
+EDIT_INPAINTERS = {"tiny-random": "sd_inpaint_tiny"}
+DEFAULT_INPAINTER = "sd15_inpaint"
+RANDOM_EDITS_WARNING = (
+    "WARNING: these edits come from tiny RANDOM-WEIGHT models (--models tiny-random). "
+    "The images are meaningless and only prove the pipeline runs."
 )
 
 MODELS: dict[str, ModelSpec] = {
@@ -107,6 +132,11 @@ MODELS: dict[str, ModelSpec] = {
                   generated=True),
         ModelSpec("sam_tiny", "segmenter", "tiny random-weight SAM (tests only; labels are meaningless)",
                   generated=True),
+        # --- issue 14: inpainting models for `labelfleet edit` -------------------------------------
+        ModelSpec("sd15_inpaint", "inpainter", "Stable Diffusion 1.5 inpainting (diffusers, fp16 files) - "
+                  "digests TO BE VERIFIED", _SD_INPAINT_FILES),
+        ModelSpec("sd_inpaint_tiny", "inpainter", "tiny random-weight SD inpainting (tests only; edits are "
+                  "meaningless)", generated=True),
     )
 }
 
