@@ -149,3 +149,24 @@ def test_chunk_size_is_bounded(tmp_path: Path, args: list[str], env: dict[str, s
                          capture_output=True, text=True, timeout=300)
     text = " ".join(out.stderr.split())
     assert out.returncode == 2 and message in text and "Traceback" not in text, out.stderr
+
+
+def test_parallel_conflicting_submits_one_wins_other_exits_2(tmp_path: Path, pg_url: str,
+                                                             redis_server: RedisServer) -> None:  # noqa: F811
+    """Same job name, different settings, at the same time: one creates the job, the other gets one line, exit 2."""
+    from tests.imagegen import write_scenes
+
+    write_scenes(tmp_path / "imgs", 6)
+    env = {**os.environ, "LABELFLEET_DB_URL": pg_url, "LABELFLEET_BROKER_URL": redis_server.url}
+    subprocess.run([sys.executable, "-m", "labelfleet", "db", "upgrade"], env=env, cwd=REPO, check=True,
+                   capture_output=True, timeout=300)
+    procs = [subprocess.Popen([sys.executable, "-m", "labelfleet", "submit", str(tmp_path / "imgs"), "--job", "cf",
+                               "--classes", classes, "--models", "tiny-random"], env=env, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for classes in ("cat", "dog")]
+    results = sorted((p.wait(timeout=600), *p.communicate()) for p in procs)
+    (ok, ok_out, _), (bad, _, bad_err) = results
+    assert (ok, bad) == (0, 2) and "6 items enqueued" in ok_out, results
+    text = " ".join(bad_err.split())  # rich wraps at the terminal width; a progress bar may come first
+    assert text.count("error:") == 1 and "Traceback" not in bad_err
+    assert text.endswith("error: job 'cf' already exists with different settings (classes); re-run with the same "
+                         "options or pick another --job name")
