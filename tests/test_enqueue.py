@@ -170,3 +170,35 @@ def test_parallel_conflicting_submits_one_wins_other_exits_2(tmp_path: Path, pg_
     assert text.count("error:") == 1 and "Traceback" not in bad_err
     assert text.endswith("error: job 'cf' already exists with different settings (classes); re-run with the same "
                          "options or pick another --job name")
+
+
+def test_racing_prepare_job_creates_one_job(tmp_path: Path, pg_url: str) -> None:
+    """Threads released together by a barrier create the same job: one creates it, the others continue it."""
+    from labelfleet.storage import open_source
+    from orchestrator.jobs import prepare_job
+    from tests.imagegen import write_scenes
+
+    write_scenes(tmp_path / "imgs", 3)
+    engine = make_engine(pg_url)
+    migrate.upgrade(engine)
+    factory = session_factory(engine)
+    barrier = threading.Barrier(6)
+    results: list[tuple[int, bool]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        src = open_source(str(tmp_path / "imgs"))
+        barrier.wait()
+        try:
+            results.append(prepare_job(factory, name="race", source=src, config={}, models={}, queue="lf.x"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len({job_id for job_id, _ in results}) == 1
+    assert sorted(created for _, created in results) == [False] * 5 + [True]
+    engine.dispose()
