@@ -62,9 +62,10 @@ def sweep(factory: sessionmaker[Session], broker_url: str, *, max_attempts: int,
     with factory() as s:
         jobs = s.execute(select(Job.id, Job.name, Job.queue).where(
             Job.state.notin_([JobState.DONE, JobState.CANCELLED]))).all()
+    held: dict[str, set[str] | None] = {}  # queue -> message ids the broker holds, read once per pass
     for job_id, name, queue in jobs:
         try:
-            _sweep_job(factory, broker_url, job_id, name, queue, report, max_attempts=max_attempts,
+            _sweep_job(factory, broker_url, job_id, name, queue, report, held, max_attempts=max_attempts,
                        chunk_size=chunk_size, requeue_after_s=requeue_after_s, stale_after_s=stale_after_s)
         except Exception:
             logger.exception("sweeping job %s failed", name)
@@ -74,14 +75,16 @@ def sweep(factory: sessionmaker[Session], broker_url: str, *, max_attempts: int,
 
 
 def _sweep_job(factory: sessionmaker[Session], broker_url: str, job_id: int, name: str, queue: str | None,
-               report: SweepReport, *, max_attempts: int, chunk_size: int, requeue_after_s: float,
-               stale_after_s: float) -> None:
+               report: SweepReport, held_by_queue: dict[str, set[str] | None], *, max_attempts: int,
+               chunk_size: int, requeue_after_s: float, stale_after_s: float) -> None:
     with factory() as s:
         back, poison = expire_leases(s, job_id, max_attempts)
     report.expired += back
     report.poisoned += poison
     if queue:
-        held = held_message_ids(broker_url, queue)
+        if queue not in held_by_queue:
+            held_by_queue[queue] = held_message_ids(broker_url, queue)
+        held = held_by_queue[queue]
         if held is not None:  # re-enqueue only items whose message the broker no longer holds
             older = requeue_after_s
         else:  # the broker cannot list its messages: only an empty queue proves them lost

@@ -149,3 +149,56 @@ def test_chunk_size_is_bounded(tmp_path: Path, args: list[str], env: dict[str, s
                          capture_output=True, text=True, timeout=300)
     text = " ".join(out.stderr.split())
     assert out.returncode == 2 and message in text and "Traceback" not in text, out.stderr
+
+
+def test_parallel_conflicting_submits_one_wins_other_exits_2(tmp_path: Path, pg_url: str,
+                                                             redis_server: RedisServer) -> None:  # noqa: F811
+    """Same job name, different settings, at the same time: one creates the job, the other gets one line, exit 2."""
+    from tests.imagegen import write_scenes
+
+    write_scenes(tmp_path / "imgs", 6)
+    env = {**os.environ, "LABELFLEET_DB_URL": pg_url, "LABELFLEET_BROKER_URL": redis_server.url}
+    subprocess.run([sys.executable, "-m", "labelfleet", "db", "upgrade"], env=env, cwd=REPO, check=True,
+                   capture_output=True, timeout=300)
+    procs = [subprocess.Popen([sys.executable, "-m", "labelfleet", "submit", str(tmp_path / "imgs"), "--job", "cf",
+                               "--classes", classes, "--models", "tiny-random"], env=env, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for classes in ("cat", "dog")]
+    results = sorted((p.wait(timeout=600), *p.communicate()) for p in procs)
+    (ok, ok_out, _), (bad, _, bad_err) = results
+    assert (ok, bad) == (0, 2) and "6 items enqueued" in ok_out, results
+    text = " ".join(bad_err.split())  # rich wraps at the terminal width; a progress bar may come first
+    assert text.count("error:") == 1 and "Traceback" not in bad_err
+    assert text.endswith("error: job 'cf' already exists with different settings (classes); re-run with the same "
+                         "options or pick another --job name")
+
+
+def test_racing_prepare_job_creates_one_job(tmp_path: Path, pg_url: str) -> None:
+    """Threads released together by a barrier create the same job: one creates it, the others continue it."""
+    from labelfleet.storage import open_source
+    from orchestrator.jobs import prepare_job
+    from tests.imagegen import write_scenes
+
+    write_scenes(tmp_path / "imgs", 3)
+    engine = make_engine(pg_url)
+    migrate.upgrade(engine)
+    factory = session_factory(engine)
+    barrier = threading.Barrier(6)
+    results: list[tuple[int, bool]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        src = open_source(str(tmp_path / "imgs"))
+        barrier.wait()
+        try:
+            results.append(prepare_job(factory, name="race", source=src, config={}, models={}, queue="lf.x"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len({job_id for job_id, _ in results}) == 1
+    assert sorted(created for _, created in results) == [False] * 5 + [True]
+    engine.dispose()

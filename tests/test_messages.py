@@ -7,6 +7,7 @@ with the exact reason, never raising into the consumer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -44,16 +45,13 @@ def _consume_one(url: str, timeout: float = 3.0) -> list[Any]:
     from kombu import Connection, Consumer, Queue
 
     got: list[Any] = []
-    with Connection(url, transport="workers.messages:SafeRedisTransport") as conn:
-        with Consumer(conn, [Queue(QUEUE, routing_key=QUEUE)], on_message=got.append,
-                      accept=["json"], auto_declare=True):
-            try:
-                conn.drain_events(timeout=timeout)
-            except socket.timeout:
-                pass
-            for m in got:
-                if not m.acknowledged:
-                    m.ack()
+    with Connection(url, transport="workers.messages:SafeRedisTransport") as conn, \
+            Consumer(conn, [Queue(QUEUE, routing_key=QUEUE)], on_message=got.append, accept=["json"]):
+        with contextlib.suppress(TimeoutError):
+            conn.drain_events(timeout=timeout)
+        for m in got:
+            if not m.acknowledged:
+                m.ack()
     return got
 
 
@@ -61,7 +59,11 @@ def _dead(client: Any) -> list[dict[str, Any]]:
     return [json.loads(r) for r in client.lrange(DEAD_LETTER_KEY, 0, -1)]
 
 
-@pytest.mark.parametrize(("case", "item", "reason"), transport_poison(QUEUE), ids=[c[0] for c in transport_poison(QUEUE)])
+TRANSPORT = transport_poison(QUEUE)
+PROTOCOL = protocol_poison(QUEUE)
+
+
+@pytest.mark.parametrize(("case", "item", "reason"), TRANSPORT, ids=[c[0] for c in TRANSPORT])
 def test_transport_dead_letters_bad_envelopes(redis_db: tuple[str, Any], case: str, item: bytes, reason: str) -> None:
     url, client = redis_db
     client.lpush(QUEUE, item)
@@ -84,7 +86,7 @@ def test_transport_delivers_good_envelope_after_bad_one(redis_db: tuple[str, Any
     assert len(_dead(client)) == 1
 
 
-@pytest.mark.parametrize(("case", "item", "reason"), protocol_poison(QUEUE), ids=[c[0] for c in protocol_poison(QUEUE)])
+@pytest.mark.parametrize(("case", "item", "reason"), PROTOCOL, ids=[c[0] for c in PROTOCOL])
 def test_protocol_checks_refuse_and_dead_letter(redis_db: tuple[str, Any], case: str, item: bytes,
                                                 reason: str) -> None:
     from kombu import Connection, Consumer, Queue
@@ -94,15 +96,14 @@ def test_protocol_checks_refuse_and_dead_letter(redis_db: tuple[str, Any], case:
     url, client = redis_db
     client.lpush(QUEUE, item)
     got: list[Any] = []
-    with Connection(url, transport="workers.messages:SafeRedisTransport") as conn:
-        with Consumer(conn, [Queue(QUEUE, routing_key=QUEUE)], on_message=got.append,
-                      accept=["json", "yaml"]):
-            conn.drain_events(timeout=5)
-            assert len(got) == 1
-            problem = message_problem(got[0])
-            assert problem is not None and reason in problem, problem
-            refuse(got[0], problem)
-            assert got[0].acknowledged
+    with Connection(url, transport="workers.messages:SafeRedisTransport") as conn, \
+            Consumer(conn, [Queue(QUEUE, routing_key=QUEUE)], on_message=got.append, accept=["json", "yaml"]):
+        conn.drain_events(timeout=5)
+        assert len(got) == 1
+        problem = message_problem(got[0])
+        assert problem is not None and reason in problem, problem
+        refuse(got[0], problem)
+        assert got[0].acknowledged
     dead = _dead(client)
     assert len(dead) == 1 and dead[0]["reason"] == problem and dead[0]["queue"] == QUEUE
     assert client.hlen("unacked") == 0 and client.llen(QUEUE) == 0
@@ -117,11 +118,11 @@ def test_good_message_passes_every_check(redis_db: tuple[str, Any]) -> None:
     url, client = redis_db
     client.lpush(QUEUE, raw(envelope(QUEUE, {"job_id": 3, "item_ids": list(range(1, 1001))})))
     got: list[Any] = []
-    with Connection(url, transport="workers.messages:SafeRedisTransport") as conn:
-        with Consumer(conn, [Queue(QUEUE, routing_key=QUEUE)], on_message=got.append):
-            conn.drain_events(timeout=5)
-            assert message_problem(got[0]) is None
-            got[0].ack()
+    with Connection(url, transport="workers.messages:SafeRedisTransport") as conn, \
+            Consumer(conn, [Queue(QUEUE, routing_key=QUEUE)], on_message=got.append):
+        conn.drain_events(timeout=5)
+        assert message_problem(got[0]) is None
+        got[0].ack()
     assert _dead(client) == []
 
 
@@ -175,5 +176,5 @@ def test_task_kwargs_model_refuses_coercion() -> None:
         "job_id": 2, "item_ids": [5, 6]}
     for bad in ({"job_id": 2, "item_ids": "123"}, {"job_id": True, "item_ids": [1]}, {"job_id": 2, "item_ids": []},
                 {"job_id": 2, "item_ids": [0]}, {"job_id": 2}):
-        with pytest.raises(ValueError, match="invalid kwargs for labelfleet.process_chunk"):
+        with pytest.raises(ValueError, match=r"invalid kwargs for labelfleet\.process_chunk"):
             validate_kwargs("labelfleet.process_chunk", bad)

@@ -143,3 +143,10 @@ def test_env_points_at_stack_services(services: dict[str, Any]) -> None:
     # Passwords come from the env file, not from the compose file.
     assert "change-me-postgres" in env["LABELFLEET_DB_URL"]
     assert "change-me-postgres" not in COMPOSE_FILE.read_text()
+
+
+def test_worker_healthcheck_is_the_chart_probe(services: dict[str, Any]) -> None:
+    """Compose and Helm both ask `labelfleet health` (heartbeat files), not the broker."""
+    for name in ("worker-gpu", "worker-cpu"):
+        check = services[name]["healthcheck"]
+        assert check["test"] == ["CMD", "labelfleet", "health", "--max-age", "120"], name

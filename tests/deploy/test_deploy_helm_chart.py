@@ -386,7 +386,7 @@ def test_restricted_pod_security(render_chart, scenario: str) -> None:
 # --- KEDA, monitoring, bundled services ------------------------------------------------------------
 
 
-def test_keda_scales_workers_on_queue_depth(render_chart) -> None:
+def test_keda_scales_workers_on_database_backlog(render_chart) -> None:
     rendered = render_chart(SCENARIOS["keda"])
     worker = rendered.one("Deployment", "-worker")
     assert "replicas" not in worker["spec"]  # KEDA/HPA owns it
@@ -395,36 +395,104 @@ def test_keda_scales_workers_on_queue_depth(render_chart) -> None:
     assert scaled["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]
     assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (0, 16)
     (trigger,) = scaled["spec"]["triggers"]
-    assert trigger["type"] == "redis"
+    assert trigger["type"] == "postgresql"  # the database's pending+running count, not the Redis list
     assert trigger["metadata"] == {
-        "address": "redis-master.redis.svc.cluster.local:6379",
-        "listName": "lf.default",
-        "listLength": "8",
-        "databaseIndex": "0",
-        "enableTLS": "false",
+        "query": "SELECT COUNT(*) FROM items i JOIN jobs j ON j.id = i.job_id WHERE j.queue IN ('lf.default') "
+        "AND j.state NOT IN ('done', 'cancelled') AND i.status IN ('pending', 'running')",
+        "targetQueryValue": "96",
+        "activationTargetQueryValue": "0",
     }
     auth = rendered.one("TriggerAuthentication")
     assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
     assert auth["spec"]["secretTargetRef"] == [
-        {"parameter": "password", "name": "labelfleet-redis", "key": "redis-password"}
+        {"parameter": "connection", "name": "labelfleet-keda-db", "key": "connection"}
     ]
 
 
-def test_keda_off_by_default_and_needs_an_address(render_chart) -> None:
+def test_keda_query_runs_on_the_real_schema(render_chart, pg_url: str) -> None:
+    """The rendered scaler query, run on a migrated PostgreSQL: counts pending+running of live jobs only."""
+    from sqlalchemy import text
+
+    from labelfleet.db import migrate
+    from labelfleet.db import repository as repo
+    from labelfleet.db.engine import make_engine, session_factory
+    from labelfleet.db.models import Item, Job
+    from labelfleet.types import ImageRef
+
+    query = render_chart(SCENARIOS["keda"]).one("ScaledObject")["spec"]["triggers"][0]["metadata"]["query"]
+    engine = make_engine(pg_url)
+    migrate.upgrade(engine)
+    with session_factory(engine)() as s:
+        for name, queue, state in (("a", "lf.default", "running"), ("b", "lf.default", "cancelled"),
+                                   ("c", "lf.fast", "running")):
+            job, _ = repo.get_or_create_job(s, name, "/src", {}, {}, queue=queue)
+            job.state = state
+            s.commit()
+            repo.add_items(s, job, (ImageRef("/src", f"{i}.jpg") for i in range(5)))
+        a = s.query(Job).filter_by(name="a").one()
+        ids = [i.id for i in s.query(Item).filter_by(job_id=a.id).order_by(Item.id)]
+        s.query(Item).filter(Item.id == ids[0]).update({"status": "done"})
+        s.query(Item).filter(Item.id == ids[1]).update({"status": "running"})
+        s.commit()
+        assert s.execute(text(query)).scalar_one() == 4
+    engine.dispose()
+
+
+def test_keda_off_by_default_and_needs_a_database(render_chart) -> None:
     rendered = render_chart()
     assert rendered.kinds("ScaledObject") == []
     assert rendered.one("Deployment", "-worker")["spec"]["replicas"] == 1
     missing = render_chart(values={"keda": {"enabled": True}})
-    assert missing.returncode != 0 and "keda.redis.address" in missing.stderr
+    assert missing.returncode != 0 and "keda.postgresql.connectionSecret" in missing.stderr
+    no_key = render_chart(values={"keda": {"enabled": True, "postgresql": {"connectionSecret": {"name": "x"}}}})
+    assert no_key.returncode != 0 and "keda.postgresql.connectionSecret.key is required" in no_key.stderr
 
 
-def test_keda_with_bundled_redis(render_chart) -> None:
+def test_keda_with_bundled_postgresql(render_chart) -> None:
     rendered = render_chart(SCENARIOS["bundled"])
-    trigger = rendered.one("ScaledObject")["spec"]["triggers"][0]
-    assert trigger["metadata"]["address"] == "lf-labelfleet-redis:6379"
-    assert (
-        rendered.one("TriggerAuthentication")["spec"]["secretTargetRef"][0]["name"] == "lf-labelfleet-bundled"
-    )
+    meta = rendered.one("ScaledObject")["spec"]["triggers"][0]["metadata"]
+    assert (meta["host"], meta["port"], meta["userName"], meta["dbName"], meta["sslmode"]) == (
+        "lf-labelfleet-postgresql", "5432", "labelfleet", "labelfleet", "disable")
+    assert rendered.one("TriggerAuthentication")["spec"]["secretTargetRef"] == [
+        {"parameter": "password", "name": "lf-labelfleet-bundled", "key": "postgres-password"}
+    ]
+
+
+def test_worker_probes_use_labelfleet_health(render_chart) -> None:
+    worker = _container(render_chart().one("Deployment", "-worker"), "worker")
+    assert worker["livenessProbe"]["exec"]["command"] == ["labelfleet", "health", "--alive-only", "--max-age",
+                                                          "120"]
+    assert worker["readinessProbe"]["exec"]["command"] == ["labelfleet", "health", "--max-age", "120"]
+    startup = worker["startupProbe"]
+    assert startup["exec"]["command"] == worker["livenessProbe"]["exec"]["command"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 900  # model loading is not a crash
+    off = _container(render_chart(values={"workers": {"probes": {"enabled": False}}}).one("Deployment", "-worker"),
+                     "worker")
+    assert not {"livenessProbe", "readinessProbe", "startupProbe"} & set(off)
+
+
+def test_worker_pdb_selects_the_workers(render_chart) -> None:
+    rendered = render_chart()
+    pdb = rendered.one("PodDisruptionBudget", "-worker")
+    worker = rendered.one("Deployment", "-worker")
+    assert pdb["apiVersion"] == "policy/v1" and pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == worker["spec"]["selector"]["matchLabels"]
+    assert render_chart(values={"workers": {"pdb": {"enabled": False}}}).kinds("PodDisruptionBudget") == []
+
+
+def test_flower_network_policy(render_chart) -> None:
+    rendered = render_chart(SCENARIOS["keda"])
+    policy = rendered.one("NetworkPolicy", "-flower")
+    flower = rendered.one("Deployment", "-flower")
+    assert policy["spec"]["podSelector"]["matchLabels"] == flower["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert rule["from"] == [
+        {"podSelector": {"matchLabels": {"lf-labelfleet-flower-client": "true"}}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+    ]
+    assert render_chart().kinds("NetworkPolicy") == []  # no Flower, no policy
 
 
 def test_service_monitor_scrapes_flower(render_chart) -> None:
