@@ -21,6 +21,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -232,3 +233,56 @@ def test_listing_summary_line() -> None:
         rep.skip(reason, "x")
     rep.problem("symbolic link loop", "a.jpg")
     assert rep.summary() == "8 images (1 unreadable: 1 symbolic link loop), 4 skipped: 3 unsupported format, 1 hidden"
+
+
+_HANGING_CLI = """
+import sys, threading
+import labelfleet.storage.local as local
+real = local._read_regular
+
+def read(path):  # slow.jpg behaves like a file on a dead network mount: its read never returns
+    if path.name == "slow.jpg":
+        print("READ-HANGS", file=sys.stderr, flush=True)
+        threading.Event().wait()
+    return real(path)
+
+local._read_regular = read
+from labelfleet.cli import main
+sys.argv = ["labelfleet", *sys.argv[1:]]
+main()
+"""
+
+
+def test_ctrl_c_during_a_hung_read_exits_cleanly(tmp_path: Path, model_dir: Path) -> None:
+    import signal
+
+    root = tmp_path / "photos"
+    write_scenes(root, 2)
+    shutil.copy(root / "img_0000.jpg", root / "slow.jpg")
+    db = f"sqlite:///{tmp_path}/h.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABELFLEET_")}
+    env.update(PYTHONPATH=str(REPO), LABELFLEET_MODEL_DIR=str(model_dir), LABELFLEET_DEVICE="cpu",
+               OMP_NUM_THREADS="1", LABELFLEET_BATCH_SIZE="1")
+    args = ["label", str(root), "--db", db, "--models", "tiny-random", "--classes", "cat"]
+    proc = subprocess.Popen([sys.executable, "-c", _HANGING_CLI, *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 300
+    while not any("READ-HANGS" in ln for ln in lines) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert any("READ-HANGS" in ln for ln in lines), "".join(lines)
+    proc.send_signal(signal.SIGINT)
+    try:
+        rc = proc.wait(timeout=120)  # a deadline, not a time limit: a hung exit never returns at all
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("Ctrl-C did not end the process while a read hung:\n" + "".join(lines)) from None
+    reader.join(10)
+    out = "".join(lines)
+    assert rc == 130, out
+    assert "is consistent; run the same command again" in out and "Traceback" not in out
+    os.remove(root / "slow.jpg")
+    again = lf(*args, model_dir=model_dir).stdout  # the job resumes and finishes
+    assert "done - 2 done" in again
