@@ -207,5 +207,5 @@ def test_missing_folder_and_bad_device(tmp_path: Path, sqlite_url: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "labelfleet", "label", str(tmp_path), "--db", sqlite_url,
                            "--device", "gpu"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "setting device (env LABELFLEET_DEVICE): Value error, device must be auto, cpu, cuda or cuda:N" in (
+    assert "setting device (env LABELFLEET_DEVICE): device must be auto, cpu, cuda or cuda:N, got 'gpu'" in (
         " ".join(proc.stderr.split()))

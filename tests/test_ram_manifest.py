@@ -112,7 +112,7 @@ def test_untrusted_pickle_is_refused_and_trusted_loads(tmp_path: Path) -> None:
     model = create_model(VARIANT_CONFIGS["ram_plus_tiny"])
     path = tmp_path / "with_config.pth"
     torch.save({"model": model.state_dict(), "config": argparse.Namespace(lr=1e-4)}, path)
-    with pytest.raises(PermanentError, match="needs full unpickling.*Re-save it as plain tensors") as err:
+    with pytest.raises(PermanentError, match=r"needs full unpickling.*Re-save it as plain tensors") as err:
         build_ram_model("ram_plus_tiny", path)
     assert "trusted=True" not in str(err.value) and "\x1b" not in str(err.value)  # no flag offers it
     loaded = build_ram_model("ram_plus_tiny", path, trusted=True)

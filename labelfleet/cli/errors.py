@@ -30,7 +30,8 @@ def settings_error(exc: Any) -> str:
             continue
         value = err.get("input")
         secret = any(s in where for s in ("url", "secret", "password", "token"))
-        shown = "" if secret or not isinstance(value, str | int | float | bool) else f", got {value!r}"
+        shown = "" if secret or not isinstance(value, str | int | float | bool) or repr(value) in msg \
+            else f", got {value!r}"
         parts.append(f"setting {where} (env LABELFLEET_{where.upper()}): {msg}{shown}")
     return "; ".join(parts)
 

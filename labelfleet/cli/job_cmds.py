@@ -94,9 +94,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         skipped = ", ".join(f"{n} {r}" for r, n in sorted(listing.get("skipped", {}).items(), key=lambda x: -x[1]))
         changed = f", {listing['changed']} changed ({listing['relabelled']} labelled again)" \
             if listing.get("changed") else ""
-        console.print(f"  last listing ({str(listing.get('at', ''))[:19]}): {listing.get('images', 0)} images, "
-                      f"{listing.get('added', 0)} added{changed}"
-                      + (f"; skipped: {skipped}" if skipped else ""), highlight=False)
+        console.file.flush()
+        print(f"  last listing ({str(listing.get('at', ''))[:19]}): {listing.get('images', 0)} images, "
+              f"{listing.get('added', 0)} added{changed}" + (f"; skipped: {skipped}" if skipped else ""), flush=True)
     for w in summary.get("workers", []):
         console.print(f"  worker {w['worker']}: {w['done']} done in the last 5 min, {w['images_per_s']} img/s "
                       f"over its {w['active_s']:.1f} s of activity", highlight=False)

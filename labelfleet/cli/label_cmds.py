@@ -107,12 +107,13 @@ def print_listing(listing: Any, source_uri: str) -> None:
     """The listing's summary line; a hint when the source holds no image at all."""
     if not listing.listed:
         return
-    console.print(f"listing {source_uri}: {listing.summary()}", highlight=False)
+    console.file.flush()
+    print(f"listing {source_uri}: {listing.summary()}", flush=True)  # one unwrapped line, greps well
     if listing.report is not None and listing.report.images == 0:
         from labelfleet.images import IMAGE_EXTENSIONS
 
-        console.print(f"  no images found; listed extensions: {' '.join(sorted(IMAGE_EXTENSIONS))} (hidden files "
-                      "need --include-hidden)", highlight=False)
+        print(f"  no images found; listed extensions: {' '.join(sorted(IMAGE_EXTENSIONS))} (hidden files "
+              "need --include-hidden)", flush=True)
 
 
 def label(
