@@ -53,7 +53,9 @@ def load_segmenter(job: Any, settings: Any) -> Any:
         from workers.models import resolve_model
         from workers.stages.registry import build_segmenter
 
-        key = job.config.get("segmenter") or job.models.get("segmenter", {}).get("key")
+        key = job.config.get("segmenter") or (job.models.get("segmenter") or {}).get("key")
+        if not key or not job.config.get("segment", True):
+            raise ConfigError(f"job {job.name!r} has no segmenter")
         res = resolve_model(str(key), "segmenter", settings, allow_download=False)
         seg = build_segmenter(res.key, checkpoint=res.files["checkpoint"], device=resolve_device(settings.device))
     except Exception as exc:  # no torch, no weights, unknown model: edits keep no mask (marked stale)
