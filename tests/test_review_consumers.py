@@ -210,7 +210,8 @@ def test_masks_export_is_uint16_beyond_255_classes(tmp_path: Path, sqlite_url: s
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert manifest["semantic_dtype"] == "uint16"
     check_masks(tmp_path / "m", view_of(sqlite_url, job), many)
-    values = {int(v) for e in manifest["images"] for v in np.unique(np.asarray(Image.open(tmp_path / "m" / e["semantic"])))}
+    values = {int(v) for e in manifest["images"]
+              for v in np.unique(np.asarray(Image.open(tmp_path / "m" / e["semantic"])))}
     assert max(values) > 255  # classes beyond uint8 kept their own value
 
 
@@ -250,7 +251,7 @@ def test_review_and_export_of_an_s3_job_use_its_endpoint(tmp_path: Path, sqlite_
     for p in sorted((tmp_path / "imgs").iterdir()):
         s3.upload_file(str(p), bucket, f"photos/{p.name}")
     engine = make_engine(sqlite_url)
-    with session_factory(engine)() as s:  # the same job, now reading from MinIO-like S3 with its endpoint (keys are relative to the prefix)
+    with session_factory(engine)() as s:  # the same job, now reading from MinIO-like S3 with its endpoint
         j = s.scalar(select(Job).where(Job.name == job))
         j.source, j.config = f"s3://{bucket}/photos", {**j.config, "s3_endpoint_url": s3_endpoint}
         s.commit()

@@ -63,9 +63,10 @@ def test_yolo_and_masks_exports_produce_expected_files(tmp_path: Path, sqlite_ur
     _cli("export", job, "--db", sqlite_url, "--format", "yolo", "--out", str(tmp_path / "yolo"),
          "--min-score", "0.3")
     kept = [r for r in rows if r.score >= 0.3]
-    assert "names" in (tmp_path / "yolo" / "dataset.yaml").read_text()
-    assert len(list((tmp_path / "yolo" / "images" / "val").iterdir())) == 2
-    lines = [ln.split() for f in (tmp_path / "yolo" / "labels" / "val").glob("*.txt")
+    text = (tmp_path / "yolo" / "dataset.yaml").read_text()
+    assert "names:" in text and "train: images/train" in text and "val: images/train" in text
+    assert len(list((tmp_path / "yolo" / "images" / "train").iterdir())) == 2
+    lines = [ln.split() for f in (tmp_path / "yolo" / "labels" / "train").glob("*.txt")
              for ln in f.read_text().splitlines()]
     assert len(lines) == len(kept) and all(len(ln) == 5 and 0 <= float(ln[1]) <= 1 for ln in lines)
 
@@ -83,7 +84,7 @@ def test_yolo_and_masks_exports_produce_expected_files(tmp_path: Path, sqlite_ur
 def test_export_timings_for_1000_labels(tmp_path: Path, sqlite_url: str) -> None:
     job = make_job(sqlite_url, tmp_path / "imgs", images=100, dets_per_image=10, noisy_masks=False)
     timings = {}
-    for fmt in ("coco", "yolo", "masks", "fiftyone"):
+    for fmt in ("coco", "yolo", "yolo-seg", "masks", "fiftyone"):
         t0 = time.perf_counter()
         out = _cli("export", job, "--db", sqlite_url, "--format", fmt, "--out", str(tmp_path / fmt))
         timings[fmt] = time.perf_counter() - t0

@@ -10,10 +10,12 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from labelfleet.cli import app
+from labelfleet.db import repository as repo
 from labelfleet.db.engine import make_engine, session_factory
-from labelfleet.db.models import Detection, Item, Job
-from labelfleet.masks import decode_rle
-from tests.test_review_support import W, make_job
+from labelfleet.db.labels import current_labels
+from labelfleet.db.models import Detection, Item, Job, ReviewDecision
+from labelfleet.masks import mask_record_full
+from tests.test_review_support import W, det_row, make_job
 
 runner = CliRunner()
 
@@ -24,6 +26,25 @@ def _rows(db_url: str) -> dict[int, Detection]:
         rows = {d.id: d for d in s.scalars(select(Detection))}
     engine.dispose()
     return rows
+
+
+def _decisions(db_url: str) -> list[ReviewDecision]:
+    engine = make_engine(db_url)
+    with session_factory(engine)() as s:
+        rows = list(s.scalars(select(ReviewDecision).order_by(ReviewDecision.id)))
+    engine.dispose()
+    return rows
+
+
+def _current(db_url: str) -> dict[int, dict[str, Any]]:
+    """The current view (rejected included), keyed by prediction id (added labels: -decision id)."""
+    engine = make_engine(db_url)
+    with session_factory(engine)() as s:
+        ids = list(s.scalars(select(Item.id)))
+        view = current_labels(s, ids, include_rejected=True)
+    engine.dispose()
+    return {lab["prediction_id"] if lab["prediction_id"] is not None else -lab["decision_id"]: lab
+            for v in view.values() for lab in v}
 
 
 def _build(db_url: str, job: str, tmp_path: Path) -> Any:  # an fo.Dataset
@@ -60,11 +81,18 @@ def test_build_is_idempotent_and_round_trips(tmp_path: Path, sqlite_url: str) ->
         for det in sample.detections.detections:
             back, row = from_fo_detection(det, (W, sample.metadata.height)), rows[det.lf_id]
             worst = max(worst, *(abs(back[k] - getattr(row, k)) for k in ("x0", "y0", "x1", "y1")))
-            assert np.array_equal(decode_rle(back["mask"]), decode_rle(row.mask))
+            assert np.array_equal(mask_record_full(back["mask"]), mask_record_full(row.mask))
     assert worst < 1.0
     out = _cli("review", job, "--db", sqlite_url, "--sync", "--reviewer", "alice")
-    assert "0 accepted, 0 rejected, 0 edited" in out  # nothing reviewed: nothing written
-    assert all(r.review_status is None and r.reviewed_by is None for r in _rows(sqlite_url).values())
+    assert "(0 decisions written" in out  # nothing reviewed: nothing written
+    assert _decisions(sqlite_url) == []
+    schema = ds.get_field_schema(flat=True)
+    assert {"detections.detections.review_status", "detections.detections.phrase",
+            "detections.detections.tag"} <= set(schema)
+    assert set(ds.list_saved_views()) >= {"lowest confidence first", "unreviewed"}
+    assert len(ds.load_saved_view("unreviewed").distinct("detections.detections.review_status")) == 1
+    colors = ds.app_config.color_scheme.fields[0]["valueColors"]
+    assert [c["value"] for c in colors] == ["cat", "dog", "person"] and len({c["color"] for c in colors}) == 3
 
 
 def test_reject_sync_then_export_leaves_them_out(tmp_path: Path, db_url: str) -> None:
@@ -86,20 +114,22 @@ def test_reject_sync_then_export_leaves_them_out(tmp_path: Path, db_url: str) ->
 
     out = _cli("review", job, "--db", db_url, "--sync", "--reviewer", "alice")
     n1 = len(s1.detections.detections)
-    assert f"{n1 - 1} accepted, 3 rejected, 1 edited" in out, out
+    assert f"{n1 - 1} accepted, 3 rejected, 1 edited, 0 added, 0 deleted" in out, out
+    view = _current(db_url)
+    assert all(view[i]["review_status"] == "rejected" and view[i]["reviewed_by"] == "alice" for i in rejected)
+    assert view[edited]["review_status"] == "edited" and view[edited]["class_name"] == "person-edited"
+    assert (view[edited]["x0"], view[edited]["y0"], view[edited]["x1"], view[edited]["y1"]) == (32.0, 24.0, 48.0, 36.0)
+    assert view[edited]["mask"] is None and view[edited]["mask_stale"]  # no segmenter for this job: never stretched
+    assert all(view[i]["review_status"] is None and view[i]["reviewed_at"] is None for i in untouched)
     rows = _rows(db_url)
-    assert all(rows[i].review_status == "rejected" and rows[i].reviewed_by == "alice" for i in rejected)
-    assert rows[edited].review_status == "edited" and rows[edited].class_name == "person-edited"
-    assert (rows[edited].x0, rows[edited].y0, rows[edited].x1, rows[edited].y1) == (32.0, 24.0, 48.0, 36.0)
-    assert decode_rle(rows[edited].mask).shape == (48, 64) and rows[edited].reviewed_at is not None
-    assert all(rows[i].review_status is None and rows[i].reviewed_at is None for i in untouched)
+    assert rows[edited].class_name != "person-edited"  # the prediction itself is never changed
     out = _cli("review", job, "--db", db_url, "--sync", "--reviewer", "bob")  # idempotent
-    assert "0 accepted, 0 rejected, 0 edited" in out
-    assert not any(r.reviewed_by == "bob" for r in _rows(db_url).values())
+    assert "(0 decisions written" in out
+    assert {d.reviewer for d in _decisions(db_url)} == {"alice"}
 
-    # rebuilding the dataset keeps the verdicts as label tags
+    # rebuilding the dataset keeps the verdicts as label tags (edited = accepted)
     ds = _build(db_url, job, tmp_path)
-    assert ds.count_label_tags("detections") == {"reject": 3, "accept": n1 - 1}
+    assert ds.count_label_tags("detections") == {"reject": 3, "accept": n1}
 
     import json
 
@@ -111,23 +141,61 @@ def test_reject_sync_then_export_leaves_them_out(tmp_path: Path, db_url: str) ->
     assert len(json.loads((tmp_path / "all" / "labels.json").read_text())["annotations"]) == len(rows)
 
 
-def test_keep_reviewed_on_relabel(tmp_path: Path, sqlite_url: str) -> None:
-    from orchestrator.review.sync import keep_reviewed
+def test_edit_with_accept_tag_is_not_rewritten_by_later_syncs(tmp_path: Path, db_url: str) -> None:
+    """The reported bug: a second sync turned alice's edits into bob's accepts."""
+    job = make_job(db_url, tmp_path / "imgs", images=1)
+    ds = _build(db_url, job, tmp_path)
+    sample = ds.first()
+    for det in sample.detections.detections[1:3]:
+        det.label = "person-edited"
+        det.tags = ["accept"]
+    sample.save()
+    assert "0 accepted, 0 rejected, 2 edited" in _cli("review", job, "--db", db_url, "--sync", "--reviewer", "alice")
+    for _ in range(2):  # sync again, and rebuild (review start) then sync (review stop)
+        assert "(0 decisions written" in _cli("review", job, "--db", db_url, "--sync", "--reviewer", "bob")
+        ds = _build(db_url, job, tmp_path)
+    assert [(d.action, d.reviewer) for d in _decisions(db_url)] == [("edit", "alice"), ("edit", "alice")]
 
-    make_job(sqlite_url, tmp_path / "imgs", images=1)
+
+def test_sample_tag_never_applies_to_labels_of_a_later_run(tmp_path: Path, sqlite_url: str) -> None:
+    job = make_job(sqlite_url, tmp_path / "imgs", images=1, dets_per_image=2)
+    ds = _build(sqlite_url, job, tmp_path)
+    sample = ds.first()
+    sample.tags.append("accept")
+    sample.save()
+    assert "2 accepted" in _cli("review", job, "--db", sqlite_url, "--sync", "--reviewer", "alice")
     engine = make_engine(sqlite_url)
-    with session_factory(engine)() as s:
-        item_id = s.scalar(select(Item.id))
-        dets = list(s.scalars(select(Detection).order_by(Detection.idx)))
-        dets[1].review_status, dets[2].review_status = "rejected", "accepted"
-        s.commit()
-        kept_box = {"x0": dets[1].x0, "y0": dets[1].y0, "x1": dets[1].x1, "y1": dets[1].y1}
-        new = [{**kept_box, "class_name": dets[1].class_name, "score": 0.9},  # duplicate of a rejected label
-               {"x0": 1.0, "y0": 1.0, "x1": 9.0, "y1": 9.0, "class_name": "dog", "score": 0.8}]
-        rows = keep_reviewed(s, item_id, new)
-        assert [r["idx"] for r in rows] == [3] and rows[0]["class_name"] == "dog"
-        assert {d.review_status for d in s.scalars(select(Detection))} == {"rejected", "accepted"}
-        rows = keep_reviewed(s, item_id, new, overwrite_reviewed=True)
-        assert [r["idx"] for r in rows] == [0, 1] and s.scalars(select(Detection)).all() == []
-        s.rollback()
+    with session_factory(engine)() as s:  # relabel: a new run finds a new object elsewhere
+        job_id = s.scalar(select(Job.id).where(Job.name == job))
+        repo.reset_for_relabel(s, job_id)
+        (item_id,) = repo.claim_items(s, job_id, "W", limit=1, lease_seconds=60)
+        new = det_row((40.0, 30.0, 60.0, 46.0), "dog", 0.9, seed=9)
+        assert repo.finish_item(s, item_id, "W", repo.LabelRows(detections=[new]), facts={})
     engine.dispose()
+    ds = _build(sqlite_url, job, tmp_path)
+    assert "accept" in ds.first().tags  # the reviewer's tag stays, it belongs to the run they saw
+    assert "(0 decisions written" in _cli("review", job, "--db", sqlite_url, "--sync", "--reviewer", "bob")
+    fresh = [lab for lab in _current(sqlite_url).values() if lab["class_name"] == "dog" and lab["x0"] == 40.0]
+    assert len(fresh) == 1 and fresh[0]["review_status"] is None and fresh[0]["run_id"] == 2
+
+
+def test_added_and_deleted_labels_become_decisions(tmp_path: Path, db_url: str) -> None:
+    import fiftyone as fo
+
+    job = make_job(db_url, tmp_path / "imgs", images=2, dets_per_image=3)
+    ds = _build(db_url, job, tmp_path)
+    s0 = ds.sort_by("lf_item_id").first()
+    gone = s0.detections.detections.pop(1).lf_id
+    s0.detections.detections.append(fo.Detection(label="person", bounding_box=[0.1, 0.1, 0.2, 0.3]))
+    s0.save()
+    out = _cli("review", job, "--db", db_url, "--sync", "--reviewer", "alice", "--no-resegment")
+    assert "1 added, 1 deleted (2 decisions written; 0 new masks, 1 stale)" in out, out
+    assert "(0 decisions written" in _cli("review", job, "--db", db_url, "--sync", "--reviewer", "alice")
+    view = _current(db_url)
+    assert gone not in view  # deleted: never shown, never exported
+    added = [lab for lab in view.values() if lab["review_status"] == "added"]
+    assert len(added) == 1 and added[0]["class_name"] == "person" and added[0]["score"] is None
+    assert abs(added[0]["x0"] - 0.1 * W) < 1e-6
+    ds = _build(db_url, job, tmp_path)  # the added label comes back from the database, once
+    assert ds.count("detections.detections") == 6  # 2 x 3 predictions - 1 deleted + 1 added
+    assert "(0 decisions written" in _cli("review", job, "--db", db_url, "--sync", "--reviewer", "bob")

@@ -40,26 +40,22 @@ def _warn_if_random(job: Any) -> None:
         console_err.print(f"[bold yellow]{RANDOM_WEIGHTS_WARNING}[/]")
 
 
-def load_segmenter(job: Any, settings: Any) -> Any:
-    """A box -> mask function with the job's SAM (``orchestrator.review.sync.Segmenter``), or None
-    (with a one-line note) when the models cannot be loaded here."""
-    try:
-        import numpy as np
+def _build_segmenter(job: Any, settings: Any) -> Any:
+    """The job's SAM as a ``box -> mask record`` function; raises when it cannot be loaded here."""
+    import numpy as np
 
-        from labelfleet.images import decode_image
-        from labelfleet.masks import encode_mask_record
-        from labelfleet.settings import resolve_device
-        from orchestrator.review.convert import pixel_span
-        from workers.models import resolve_model
-        from workers.stages.registry import build_segmenter
+    from labelfleet.images import decode_image
+    from labelfleet.masks import encode_mask_record
+    from labelfleet.settings import resolve_device
+    from orchestrator.review.convert import pixel_span
+    from workers.models import resolve_model
+    from workers.stages.registry import build_segmenter
 
-        key = job.config.get("segmenter") or job.models.get("segmenter", {}).get("key")
-        res = resolve_model(str(key), "segmenter", settings, allow_download=False)
-        seg = build_segmenter(res.key, checkpoint=res.files["checkpoint"], device=resolve_device(settings.device))
-    except Exception as exc:  # no torch, no weights, unknown model: edits keep no mask (marked stale)
-        console_err.print(f"[yellow]no segmenter for edited boxes ({type(exc).__name__}: {exc}); "
-                          "their masks are dropped and marked stale[/]", highlight=False)
-        return None
+    key = job.config.get("segmenter") or (job.models.get("segmenter") or {}).get("key")
+    if not key or not job.config.get("segment", True):
+        raise ConfigError(f"job {job.name!r} has no segmenter")
+    res = resolve_model(str(key), "segmenter", settings, allow_download=False)
+    seg = build_segmenter(res.key, checkpoint=res.files["checkpoint"], device=resolve_device(settings.device))
     images: dict[str, Any] = {}
 
     def segment(path: str, xyxy: tuple[float, float, float, float], size: tuple[int, int]) -> dict[str, Any]:
@@ -71,6 +67,25 @@ def load_segmenter(job: Any, settings: Any) -> Any:
         x_lo, x_hi = pixel_span(xyxy[0], xyxy[2], w)
         y_lo, y_hi = pixel_span(xyxy[1], xyxy[3], h)
         return encode_mask_record(full[y_lo:y_hi, x_lo:x_hi], x_lo, y_lo, (h, w))
+
+    return segment
+
+
+def load_segmenter(job: Any, settings: Any) -> Any:
+    """A ``orchestrator.review.sync.Segmenter`` that loads the job's SAM on its first use (a sync
+    without moved or added boxes loads nothing). If the models cannot be loaded here it says so
+    once and returns None for every box: those masks are dropped and marked stale."""
+    state: dict[str, Any] = {}
+
+    def segment(path: str, xyxy: tuple[float, float, float, float], size: tuple[int, int]) -> Any:
+        if "fn" not in state:
+            try:
+                state["fn"] = _build_segmenter(job, settings)
+            except Exception as exc:  # no torch, no weights, no segmenter: edits keep no mask
+                state["fn"] = None
+                console_err.print(f"[yellow]no segmenter for edited boxes ({type(exc).__name__}: {exc}); "
+                                  "their masks are dropped and marked stale[/]", highlight=False, soft_wrap=True)
+        return state["fn"](path, xyxy, size) if state["fn"] is not None else None
 
     return segment
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from labelfleet.db.models import FINAL_STATUSES, Detection, Item, ItemStatus, ItemTag, Job, JobState
+from labelfleet.db.models import FINAL_STATUSES, Detection, Item, ItemStatus, ItemTag, Job, JobState, LabelRun
 
 
 def status_counts(session: Session, job_id: int) -> dict[str, int]:
@@ -79,9 +79,10 @@ def worker_throughput(session: Session, job_id: int, window_s: int = 300) -> lis
 def job_summary(session: Session, job: Job) -> dict[str, Any]:
     """Everything ``labelfleet status --json`` prints for one job."""
     counts = status_counts(session, job.id)
-    detections = session.scalar(
+    run = select(func.max(LabelRun.id)).where(LabelRun.job_id == job.id).scalar_subquery()
+    detections = session.scalar(  # predictions of the newest labelling run (earlier runs are kept)
         select(func.count()).select_from(Detection).join(Item, Detection.item_id == Item.id)
-        .where(Item.job_id == job.id)) or 0
+        .where(Item.job_id == job.id, (Detection.run_id == run) | Detection.run_id.is_(None))) or 0
     tags = session.scalar(
         select(func.count()).select_from(ItemTag).join(Item, ItemTag.item_id == Item.id)
         .where(Item.job_id == job.id)) or 0

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def export_job(session: Session, job: Job, *, fmt: str, out: Path, media_root: P
                           min_score=min_score, reviewed_only=reviewed_only)
     classes = class_table(session, job.id, job.config)
     session.commit()
-    out.mkdir(parents=True, exist_ok=True)
+    (out.parent if fmt == "fiftyone" else out).mkdir(parents=True, exist_ok=True)
     ctx = _Ctx(job, items, rows, classes, out,
                MediaCache(open_job_source(job, s3_endpoint_url), media_root, job.name))
     if fmt == "masks":
@@ -187,10 +188,10 @@ def export_masks(ctx: _Ctx) -> None:
 def export_fiftyone(ctx: _Ctx) -> None:
     """A FiftyOneDataset export (upright media, ``review_status`` per label) via a temporary dataset."""
     fo = import_fiftyone()
-    staging = ctx.out / ".staging"
+    staging = Path(tempfile.mkdtemp(prefix=f".{ctx.out.name}-", dir=ctx.out.parent))
     ds = fo.Dataset()
     try:
-        ds.add_samples([fo.Sample(filepath=str(ctx.out / ctx.image(it, ".staging")), lf_item_id=it.id,
+        ds.add_samples([fo.Sample(filepath=str(_staged(ctx, it, staging)), lf_item_id=it.id,
                                   lf_key=it.key, metadata=fo.ImageMetadata(width=it.width, height=it.height),
                                   detections=fo.Detections(detections=[
                                       to_fo_detection(r, frame_size(it)) for r in ctx.rows.get(it.id, [])]))
@@ -202,3 +203,10 @@ def export_fiftyone(ctx: _Ctx) -> None:
     finally:
         ds.delete()
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _staged(ctx: _Ctx, it: Item, staging: Path) -> Path:
+    """The item's upright image in ``staging`` (FiftyOne then copies it into the export)."""
+    dest = staging / safe_name(it.key)
+    write_upright(ctx.cache.path(it.key), dest)
+    return dest

@@ -124,6 +124,14 @@ def test_published_ports_bound_to_localhost(services: dict[str, Any]) -> None:
     assert review[0] == "review" and review[review.index("--port") + 1] == "5151"
 
 
+def test_review_media_cache_is_in_a_writable_volume(services: dict[str, Any]) -> None:
+    """S3/MinIO jobs: `review` caches images under --media-dir, which must be a mounted volume."""
+    svc = services["review"]
+    media = svc["command"][svc["command"].index("--media-dir") + 1]
+    mounts = [v["target"] for v in svc["volumes"] if v["type"] == "volume"]
+    assert any(media == m or media.startswith(m + "/") for m in mounts), (media, mounts)
+
+
 def test_labelfleet_containers_are_hardened(services: dict[str, Any]) -> None:
     for name, svc in services.items():
         if name in ("redis", "postgres", "minio", "minio-init"):
