@@ -26,6 +26,7 @@ Random-weight labels are meaningless; the speed is real.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import platform
@@ -140,10 +141,8 @@ class Meter:
 
 
 def _reset_hwm() -> None:
-    try:
+    with contextlib.suppress(OSError):  # resets VmHWM (Linux >= 4.0); else the process-wide peak is shown
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def _hwm_mb() -> float:
@@ -199,7 +198,8 @@ def run_pipeline(models: Models, folder: Path, db_path: Path, job: str, cfg: Any
     finally:
         proc.close()
     with factory() as s:
-        items = {i.id: (i.key, i.status, i.timings or {}) for i in s.scalars(select(Item).where(Item.job_id == job_id))}
+        rows = s.scalars(select(Item).where(Item.job_id == job_id))
+        items = {i.id: (i.key, i.status, i.timings or {}) for i in rows}
         boxes: dict[str, list[list[float]]] = {k: [] for k, _, _ in items.values()}
         sizes = []
         for d in s.scalars(select(Detection).join(Item).where(Item.job_id == job_id)):
@@ -250,7 +250,8 @@ def run_model_only(models: Models, prepared: list[Any], caption: str, batch_size
                 if b is None:
                     continue
                 for c in range(0, b.shape[0], seg.decoder_chunk):
-                    sparse, dense = seg.model.prompt_encoder(points=None, boxes=b[c : c + seg.decoder_chunk], masks=None)
+                    box_chunk = b[c : c + seg.decoder_chunk]
+                    sparse, dense = seg.model.prompt_encoder(points=None, boxes=box_chunk, masks=None)
                     seg.model.mask_decoder(image_embeddings=feats[k : k + 1],
                                            image_pe=seg.model.prompt_encoder.get_dense_pe(),
                                            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
@@ -318,7 +319,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if rep == 0:
                 prepared = prepare_model_only(models, jpegs, {i: o.xyxy for i, o in enumerate(naive_out)})
                 run_model_only(models, prepared[:1], caption, args.batch_size)  # warm-up
-            meter.run("model_only", lambda: run_model_only(models, prepared, caption, args.batch_size))
+            meter.run("model_only", lambda p=prepared: run_model_only(models, p, caption, args.batch_size))
         assert naive_out is not None and stored is not None
         n = args.images * args.repeats
         rate = {m: n / s for m, s in meter.seconds.items()}
