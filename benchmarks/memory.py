@@ -38,8 +38,8 @@ def write_photo(path: Path, megapixels: float, seed: int = 0) -> tuple[int, int]
     """A 4:3 JPEG of about ``megapixels`` MP: smooth gradients plus blocks (compresses like a photo)."""
     from PIL import Image
 
-    h = int(round((megapixels * 1e6 * 3 / 4) ** 0.5))
-    w = int(round(h * 4 / 3))
+    h = round((megapixels * 1e6 * 3 / 4) ** 0.5)
+    w = round(h * 4 / 3)
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (max(2, h // 64), max(2, w // 64), 3), dtype=np.uint8)
     Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR).save(path, quality=90)
@@ -57,7 +57,7 @@ def child(photo: Path, detections: int, files: dict[str, str]) -> dict[str, Any]
     from workers.processing import labels_to_rows
     from workers.stages.grounding_dino import GroundingDinoDetector, build_gdino_model, config_path
     from workers.stages.registry import build_segmenter
-    from workers.stages.tiny import TINY_GDINO_MAX_SIZE, TINY_GDINO_IMAGE_SIZE, TINY_GDINO_OVERRIDES, _tiny_swin
+    from workers.stages.tiny import TINY_GDINO_IMAGE_SIZE, TINY_GDINO_MAX_SIZE, TINY_GDINO_OVERRIDES, _tiny_swin
 
     torch.manual_seed(0)
     with _tiny_swin():

@@ -12,8 +12,9 @@ files (a model cache, nothing downloaded). The same synthetic JPEGs go through, 
 
 (a) ``naive``: the loop restated from Grounded-SAM's demo (``benchmarks/reference.py``): one image,
     one caption, fp32, PIL decode, GroundingDINO, NMS, ``SamPredictor``, full-frame masks;
-(b) ``pipeline``: labelfleet end to end (SQLite job, read-ahead decode, batched models, mask
-    records, DB writes) through ``workers.local.run_local``;
+(b) ``pipeline``: labelfleet end to end through ``workers.local.run_local`` on a listed SQLite
+    job (claims, read-ahead read+decode, batched models, mask records, one transaction per item;
+    creating the database and listing the folder are not timed);
 (c) ``model_only``: the models' forwards alone on pre-decoded, pre-resized tensors on the device
     (GroundingDINO batched, SAM image encoder batched, SAM prompt decoder on the pipeline's boxes).
 
@@ -26,6 +27,7 @@ Random-weight labels are meaningless; the speed is real.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import platform
@@ -140,10 +142,8 @@ class Meter:
 
 
 def _reset_hwm() -> None:
-    try:
+    with contextlib.suppress(OSError):  # resets VmHWM (Linux >= 4.0); else the process-wide peak is shown
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def _hwm_mb() -> float:
@@ -171,18 +171,12 @@ def run_naive(models: Models, jpegs: list[bytes], caption: str, cfg: Any) -> lis
     return out
 
 
-def run_pipeline(models: Models, folder: Path, db_path: Path, job: str, cfg: Any) -> dict[str, Any]:
-    """(b) labelfleet end to end into a fresh SQLite job; returns stored boxes and timings per key."""
-    from sqlalchemy import select
-
+def make_job(models: Models, folder: Path, db_path: Path, job: str, cfg: Any) -> dict[str, Any]:
+    """Untimed set-up of (b): a migrated SQLite database, a job and its listed items."""
     from labelfleet.db import repository as repo
     from labelfleet.db.engine import make_engine, session_factory
     from labelfleet.db.migrate import upgrade
-    from labelfleet.db.models import Detection, Item
     from labelfleet.storage import open_source
-    from workers.local import local_owner, run_local
-    from workers.models import LoadedModels, pipeline_from
-    from workers.processing import ItemProcessor
 
     engine = make_engine(f"sqlite:///{db_path}")
     upgrade(engine)
@@ -192,20 +186,38 @@ def run_pipeline(models: Models, folder: Path, db_path: Path, job: str, cfg: Any
         j, _ = repo.get_or_create_job(s, job, str(folder), cfg.to_json(), {})
         repo.add_items(s, j, source.list())
         job_id = j.id
-    pipe = pipeline_from(LoadedModels(None, models.detector, models.segmenter, {}), cfg)
-    proc = ItemProcessor(factory, pipe, models.settings, local_owner(), source)
+    return {"engine": engine, "factory": factory, "source": source, "job_id": job_id, "cfg": cfg}
+
+
+def run_pipeline(models: Models, job: dict[str, Any]) -> None:
+    """(b) labelfleet end to end on a listed job: read-ahead decode, batched models, mask records, DB writes."""
+    from workers.local import local_owner, run_local
+    from workers.models import LoadedModels, pipeline_from
+    from workers.processing import ItemProcessor
+
+    pipe = pipeline_from(LoadedModels(None, models.detector, models.segmenter, {}), job["cfg"])
+    proc = ItemProcessor(job["factory"], pipe, models.settings, local_owner(), job["source"])
     try:
-        run_local(factory, job_id, proc, models.settings)
+        run_local(job["factory"], job["job_id"], proc, models.settings)
     finally:
         proc.close()
-    with factory() as s:
-        items = {i.id: (i.key, i.status, i.timings or {}) for i in s.scalars(select(Item).where(Item.job_id == job_id))}
+
+
+def job_results(job: dict[str, Any]) -> dict[str, Any]:
+    """Stored boxes per key, per-item stage timings, statuses and mask record sizes of a finished job."""
+    from sqlalchemy import select
+
+    from labelfleet.db.models import Detection, Item
+
+    with job["factory"]() as s:
+        rows = s.scalars(select(Item).where(Item.job_id == job["job_id"]))
+        items = {i.id: (i.key, i.status, i.timings or {}) for i in rows}
         boxes: dict[str, list[list[float]]] = {k: [] for k, _, _ in items.values()}
         sizes = []
-        for d in s.scalars(select(Detection).join(Item).where(Item.job_id == job_id)):
+        for d in s.scalars(select(Detection).join(Item).where(Item.job_id == job["job_id"])):
             boxes[items[d.item_id][0]].append([d.x0, d.y0, d.x1, d.y1])
             sizes.append(len(json.dumps(d.mask)) if d.mask is not None else 0)
-    engine.dispose()
+    job["engine"].dispose()
     return {"boxes": boxes, "timings": [t for _, _, t in items.values()],
             "status": sorted({st for _, st, _ in items.values()}), "mask_bytes": sizes}
 
@@ -250,7 +262,8 @@ def run_model_only(models: Models, prepared: list[Any], caption: str, batch_size
                 if b is None:
                     continue
                 for c in range(0, b.shape[0], seg.decoder_chunk):
-                    sparse, dense = seg.model.prompt_encoder(points=None, boxes=b[c : c + seg.decoder_chunk], masks=None)
+                    box_chunk = b[c : c + seg.decoder_chunk]
+                    sparse, dense = seg.model.prompt_encoder(points=None, boxes=box_chunk, masks=None)
                     seg.model.mask_decoder(image_embeddings=feats[k : k + 1],
                                            image_pe=seg.model.prompt_encoder.get_dense_pe(),
                                            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
@@ -310,15 +323,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             (folder / key).write_bytes(data)
         meter = Meter(args.device)
         run_naive(models, jpegs[:1], caption, cfg)  # warm-up, not timed
-        run_pipeline(models, folder, work / "warm.db", "warm", cfg)
+        warm = make_job(models, folder, work / "warm.db", "warm", cfg)
+        run_pipeline(models, warm)
+        job_results(warm)
         naive_out, stored = None, None
         for rep in range(args.repeats):  # interleaved, so neighbours' load hits every mode alike
             naive_out = meter.run("naive", lambda: run_naive(models, jpegs, caption, cfg))
-            stored = meter.run("pipeline", lambda r=rep: run_pipeline(models, folder, work / "bench.db", f"r{r}", cfg))
+            job = make_job(models, folder, work / f"bench{rep}.db", f"r{rep}", cfg)
+            meter.run("pipeline", lambda j=job: run_pipeline(models, j))
+            stored = job_results(job)
             if rep == 0:
                 prepared = prepare_model_only(models, jpegs, {i: o.xyxy for i, o in enumerate(naive_out)})
                 run_model_only(models, prepared[:1], caption, args.batch_size)  # warm-up
-            meter.run("model_only", lambda: run_model_only(models, prepared, caption, args.batch_size))
+            meter.run("model_only", lambda p=prepared: run_model_only(models, p, caption, args.batch_size))
         assert naive_out is not None and stored is not None
         n = args.images * args.repeats
         rate = {m: n / s for m, s in meter.seconds.items()}

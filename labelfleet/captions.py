@@ -169,7 +169,7 @@ def assign_classes(
     caption: str,
     text_threshold: float,
 ) -> tuple[npt.NDArray[np.int64], list[str]]:
-    """Map each box to one class and extract its matched phrase.
+    r"""Map each box to one class and extract its matched phrase.
 
     Args:
         token_scores: ``(n_boxes, n_tokens)`` float sigmoid scores per box and

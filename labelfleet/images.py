@@ -123,12 +123,16 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
+#: Peak memory per megapixel while one photo is labelled (decoded RGB, Pillow copies, resize inputs; masks are
+#: box-cropped records): 48 MP peaked 515 MB above 1 MP in ``python -m benchmarks.memory`` (11 B/pixel).
+_MB_PER_MEGAPIXEL = 11
+
+
 def _too_large(pixels: int, max_pixels: int) -> str:
-    gib = 6 * max(pixels, 0) / 2**30  # RGB array (3 B/px) + Pillow's own copy while converting
     return (f"image too large: {pixels:,} pixels exceeds the limit of {max_pixels:,} "
-            f"(possible decompression bomb). Decoding it needs about {gib:.1f} GiB of memory (3 bytes per pixel "
-            "for the RGB array plus Pillow's copy), per decode thread (LABELFLEET_DECODE_WORKERS) and again in "
-            "the models' buffers; raise LABELFLEET_MAX_IMAGE_PIXELS only if that much memory is free")
+            "(possible decompression bomb; raise LABELFLEET_MAX_IMAGE_PIXELS to allow it: labelling costs "
+            f"about {_MB_PER_MEGAPIXEL} MB of memory per megapixel on top of the models"
+            + (f", ~{pixels * _MB_PER_MEGAPIXEL / 1e6 / 1024:.1f} GB for this one)" if pixels > 0 else ")"))
 
 
 def _to_rgb(img: Image.Image) -> RGBImage:

@@ -87,7 +87,7 @@ class Detections:
     xyxy: FloatArray
     confidence: FloatArray
     class_name: npt.NDArray[Any]
-    mask: npt.NDArray[Any] | None = None
+    mask: npt.NDArray[Any] | Sequence[dict[str, Any]] | None = None  # an (n,) object array once built
     data: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -133,7 +133,7 @@ class Detections:
             xyxy=self.xyxy[idx],
             confidence=self.confidence[idx],
             class_name=self.class_name[idx],
-            mask=None if self.mask is None else self.mask[idx],
+            mask=None if self.mask is None else np.asarray(self.mask, dtype=object)[idx],
             data={k: v[idx] for k, v in self.data.items()},
         )
 

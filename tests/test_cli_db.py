@@ -5,7 +5,6 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from labelfleet.cli import app
-from labelfleet.db import migrate
 
 runner = CliRunner()
 

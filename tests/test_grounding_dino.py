@@ -229,3 +229,28 @@ def test_tiny_files_are_deterministic_and_load_back(tmp_path: Path) -> None:
         saved["model"]["transformer.decoder.norm.weight"],
     )
     assert set(build_tiny_gdino_model(a["text_encoder_dir"]).state_dict()) == set(saved["model"])
+
+
+def test_text_features_are_computed_once_per_caption() -> None:
+    """Fixed classes: BERT runs once, later images reuse the cached features; outputs equal uncached BERT."""
+    f = tiny_gdino_files()
+    fresh = DETECTOR_BUILDERS["gdino_tiny"](f["checkpoint"], f["text_encoder_dir"])
+    inner = fresh.bert.forward
+    images = [synthetic_image(240, 320, 8), synthetic_image(240, 320, 9)]
+    ref = [GroundingDinoDetector(tiny_model(), device="cpu", image_size=256, max_size=427,
+                                 box_threshold=0.3).detect([im], [CLASSES])[0] for im in images]
+    calls: list[int] = []
+
+    def counting(**kw: torch.Tensor) -> object:
+        calls.append(int(kw["input_ids"].shape[0]))
+        return inner(**kw)
+
+    fresh.bert.forward = counting
+    det = GroundingDinoDetector(fresh, device="cpu", image_size=256, max_size=427, box_threshold=0.3, batch_size=2)
+    first = det.detect(images, [CLASSES, CLASSES])  # one forward, two identical captions: one BERT row
+    again = det.detect(images[:1], [CLASSES])
+    assert calls == [1]
+    for got, want in zip([*first, *again], [*ref, ref[0]], strict=True):
+        assert got.class_name.tolist() == want.class_name.tolist()
+        np.testing.assert_allclose(got.xyxy, want.xyxy, atol=1e-2)
+        np.testing.assert_allclose(got.confidence, want.confidence, atol=1e-5)

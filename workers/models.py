@@ -160,7 +160,6 @@ def build_stages(preset: Preset, settings: Settings, *, automatic: bool, config:
                  progress: ProgressFactory | None = None) -> LoadedModels:
     """Resolve and load the models of ``preset`` (tagger only in automatic mode)."""
     from workers.stages.registry import build_detector, build_segmenter
-
     from workers.threads import configure_torch_threads
 
     ck = checkpoints or {}

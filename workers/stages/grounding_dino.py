@@ -41,6 +41,7 @@ from labelfleet.errors import ConfigError, PermanentError
 from labelfleet.types import Detections, RGBImage, cxcywh_norm_to_xyxy
 from workers.stages.postprocess import nms_detections
 from workers.stages.precision import amp_dtype, install_autocast, use_precision
+from workers.stages.text_cache import install_text_cache, text_cache
 
 logger = logging.getLogger(__name__)
 
@@ -268,6 +269,7 @@ class GroundingDinoDetector:
         if self.amp_dtype is not None:  # Swin and BERT only; deformable attention etc. stay fp32
             install_autocast(self.model.backbone)  # type: ignore[arg-type]
             install_autocast(self.model.bert)  # type: ignore[arg-type]
+        install_text_cache(self.model.bert)  # type: ignore[arg-type]  # fixed classes: BERT once per job
         self.tokenizer: Any = model.tokenizer
         if not getattr(self.tokenizer, "is_fast", False):
             raise ConfigError("GroundingDINO needs a fast tokenizer (offset mapping); install `tokenizers`")
@@ -324,7 +326,7 @@ class GroundingDinoDetector:
 
         tensors = torch.stack([inputs[j.image_idx][0] for j in batch]).to(self.device)
         mask = torch.zeros((tensors.shape[0], *tensors.shape[2:]), dtype=torch.bool, device=self.device)
-        with torch.inference_mode(), use_precision(self.device, self.amp_dtype):
+        with torch.inference_mode(), use_precision(self.device, self.amp_dtype), text_cache():
             out = self.model(NestedTensor(tensors, mask), captions=[j.caption for j in batch])
         logits = out["pred_logits"].float().sigmoid().cpu().numpy()  # (B, nq, 256)
         boxes = out["pred_boxes"].float().cpu().numpy()  # (B, nq, 4) cxcywh in [0, 1]

@@ -86,4 +86,4 @@ def install_autocast(module: torch.nn.Module) -> None:
         return to_float(out)
 
     module.forward = forward  # type: ignore[method-assign]
-    module._labelfleet_autocast = True
+    setattr(module, "_labelfleet_autocast", True)  # noqa: B010 - nn.Module typing rejects plain attributes

@@ -238,13 +238,10 @@ class SamSegmenter:
         for k in range(up.shape[0]):
             rows = _window(any_rows[k], rows_idx, h)
             cols = _window(any_cols[k], cols_idx, w)
-            crop, x0, y0 = None, 0, 0
+            crop, x0, y0 = np.zeros((0, 0), bool), 0, 0
             if rows is not None and cols is not None:
                 crop, x0, y0 = self._window_mask(up[k], rows_idx, cols_idx, rows, cols, thr)
-            if crop is None:
-                out.append(encode_mask_record(np.zeros((0, 0), bool), 0, 0, (h, w)))
-            else:
-                out.append(encode_mask_record(crop, x0, y0, (h, w)))
+            out.append(encode_mask_record(crop, x0, y0, (h, w)))
         return out
 
     def _window_mask(
@@ -255,8 +252,8 @@ class SamSegmenter:
         rows: tuple[int, int],
         cols: tuple[int, int],
         thr: float,
-    ) -> tuple[BoolArray | None, int, int]:
-        """Threshold the resized ``logits`` inside ``rows x cols`` (strips of rows); tight host crop or None."""
+    ) -> tuple[BoolArray, int, int]:
+        """Threshold the resized ``logits`` inside ``rows x cols`` (strips of rows); tight host crop (maybe 0x0)."""
         c0, c1 = cols
         ci0, ci1, cl = (t[c0:c1] for t in cols_idx)
         step = max(1, self.strip_pixels // max(1, c1 - c0))
@@ -267,8 +264,7 @@ class SamSegmenter:
             t = (1 - lam) * logits[ri0] + lam * logits[ri1]  # (strip, w_in): rows first
             wl = cl[None]
             strips.append(((1 - wl) * t[:, ci0] + wl * t[:, ci1]) > thr)
-        crop, x0, y0 = _tight(torch.cat(strips), c0, rows[0])
-        return (crop, x0, y0) if crop.size else (None, 0, 0)
+        return _tight(torch.cat(strips), c0, rows[0])
 
     def _boxes_tensor(self, boxes: npt.ArrayLike, prep: _Prepared) -> torch.Tensor:
         arr = np.asarray(boxes, dtype=np.float32)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Device check for issue 13, sized for a short GPU lease: tiny-random and the official architectures
+# (random init, nothing downloaded), fp32 and bf16, side by side. Writes JSON records to ${OUT:-.}.
+# Run from the repository root: bash benchmarks/gpu_check.sh
+set -uo pipefail
+OUT=${OUT:-.}
+export PYTHONPATH=$PWD HF_HUB_OFFLINE=1
+PY=${PY:-python}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+run() {  # name, args...
+  local name=$1; shift
+  timeout 170 "$PY" -m benchmarks.pipeline --device cuda --json "$OUT/$name.json" "$@" > "$OUT/$name.txt" 2>&1
+  echo "$name rc=$?"; grep -E "img/s|stages|peak|boxes_match" "$OUT/$name.txt"
+}
+run tiny_fp32 --models tiny-random --images 32 --batch-size 8
+run full_fp32 --models random-full --images 16 --batch-size 4 --size 1280x960
+run full_bf16 --models random-full --images 16 --batch-size 4 --size 1280x960 --precision bf16
