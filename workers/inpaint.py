@@ -127,7 +127,7 @@ def prepare_mask(mask: BoolArray, dilate: int, feather: int) -> tuple[BoolArray,
     ``(H, W)`` blend weight that is 0 outside ``region`` and ramps to 1 over ``feather`` px inside it."""
     import cv2
 
-    m = np.asarray(mask, dtype=np.uint8)
+    m: Any = np.asarray(mask, dtype=np.uint8)
     if dilate:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate + 1, 2 * dilate + 1))
         m = cv2.dilate(m, kernel)

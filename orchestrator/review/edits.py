@@ -91,10 +91,10 @@ def _group_samples(fo: Any, it: Item, outs: list[EditOutput], labels: list[dict[
                          detections=dets(), **common),
                fo.Sample(filepath=str(_mask_png(mask_dir, outs[0])), group=group.element("mask"), **common)]
     for o in outs:
-        tags = {EditReview.KEPT: [ACCEPT_TAG], EditReview.DISCARDED: [REJECT_TAG]}.get(o.review_status or "", [])
+        tags: dict[str | None, list[str]] = {EditReview.KEPT: [ACCEPT_TAG], EditReview.DISCARDED: [REJECT_TAG]}
         samples.append(fo.Sample(filepath=str(caches[1].path(o.output_key)), group=group.element(f"v{o.variant}"),
-                                 tags=list(tags), lf_edit_output_id=o.id, prompt=o.prompt, seed=o.seed,
-                                 metadata=meta, detections=dets(), **common))
+                                 tags=list(tags.get(o.review_status, [])), lf_edit_output_id=o.id,
+                                 prompt=o.prompt, seed=o.seed, metadata=meta, detections=dets(), **common))
     return samples
 
 
