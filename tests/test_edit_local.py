@@ -129,8 +129,9 @@ def _source_job(db: str, folder: Path, labels: dict[str, list[dict]]) -> None:
         for item_id in ids:
             key = s.get(Item, item_id).key
             assert repo.finish_item(s, item_id, "me", repo.LabelRows(), facts={})
-            s.execute(Detection.__table__.insert(), [{**d, "item_id": item_id, "idx": i}
-                                                     for i, d in enumerate(labels[key])])
+            if labels[key]:
+                s.execute(Detection.__table__.insert(), [{**d, "item_id": item_id, "idx": i}
+                                                         for i, d in enumerate(labels[key])])
             s.commit()
     engine.dispose()
 
@@ -174,6 +175,17 @@ def test_from_job_uses_reviewed_labels_and_never_rejected_ones(tmp_path: Path, s
                             .where(Item.job_id == fj).order_by(Item.key, Detection.idx)).all()
     engine.dispose()
     assert [tuple(c) for c in carried] == [("a.png", "dog"), ("c.png", "dog"), ("c.png", "cat")]
+
+
+def test_from_job_must_have_labelled_the_same_source(tmp_path: Path, sqlite_url: str, lf_env: Path) -> None:
+    write_scenes(tmp_path / "labelled", 1)
+    write_scenes(tmp_path / "other", 1)
+    _source_job(sqlite_url, tmp_path / "labelled", {"img_0000.jpg": []})
+    result = runner.invoke(app, ["edit", str(tmp_path / "other"), "--from-job", "src", "--prompt", "x", "--db",
+                                 sqlite_url, "--out", str(tmp_path / "o"), "--models", "tiny-random"])
+    assert getattr(result.exception, "message", "") == (
+        f"--from-job 'src' labelled {(tmp_path / 'labelled').resolve()}, not {(tmp_path / 'other').resolve()}; "
+        "edit the same source")
 
 
 BAD = [
