@@ -183,7 +183,7 @@ class Inpainter:
         self.dtype = _dtype(device, dtype)
         variant = "fp16" if any(Path(pipeline_dir).glob("unet/*.fp16.safetensors")) else None
         self.pipe = StableDiffusionInpaintPipeline.from_pretrained(
-            str(pipeline_dir), torch_dtype=self.dtype, variant=variant, safety_checker=None,
+            str(pipeline_dir), torch_dtype=self.dtype, variant=variant, safety_checker=None, feature_extractor=None,
             requires_safety_checker=False, local_files_only=True).to(device)
         self.pipe.set_progress_bar_config(disable=True)
         if attention_slicing is None:
