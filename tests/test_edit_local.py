@@ -188,6 +188,20 @@ def test_from_job_must_have_labelled_the_same_source(tmp_path: Path, sqlite_url:
         "edit the same source")
 
 
+def test_from_job_bad_labels_are_recorded_per_image(tmp_path: Path, sqlite_url: str, lf_env: Path) -> None:
+    write_scenes(tmp_path / "p", 2)
+    empty = _det(_disk(240, 320, 100, 100, 20), "dog", None)
+    empty["mask"] = encode_mask_record(np.zeros((5, 5), bool), 0, 0, (240, 320))
+    _source_job(sqlite_url, tmp_path / "p", {"img_0000.jpg": [_det(_disk(100, 100, 50, 50, 20), "dog", None)],
+                                             "img_0001.jpg": [empty]})
+    _cli("edit", str(tmp_path / "p"), "--from-job", "src", "--prompt", "x", "--db", sqlite_url, "--out",
+         str(tmp_path / "o"), "--job", "bad", *FAST)
+    st = _status(sqlite_url, "bad")
+    assert sorted((f["status"], f["reason"]) for f in st["failures"]) == [
+        ("failed", "label 0: its mask is for a 100x100 image, this image is 320x240; re-label the image"),
+        ("skipped", "nothing to edit: no usable labels with a mask in this image")]
+
+
 BAD = [
     (["--target", "dog", "--prompt", "  "], "--prompt is empty; say what to paint inside the mask, e.g. "
      "'a corgi, photo'"),
