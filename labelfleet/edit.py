@@ -63,7 +63,8 @@ class EditParams:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EditParams:
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in cls.__dataclass_fields__}
+        kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+                              if k in cls.__dataclass_fields__}
         return cls(**kw)
 
     @property

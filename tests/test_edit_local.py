@@ -129,8 +129,9 @@ def _source_job(db: str, folder: Path, labels: dict[str, list[dict]]) -> None:
         for item_id in ids:
             key = s.get(Item, item_id).key
             assert repo.finish_item(s, item_id, "me", repo.LabelRows(), facts={})
-            s.execute(Detection.__table__.insert(), [{**d, "item_id": item_id, "idx": i}
-                                                     for i, d in enumerate(labels[key])])
+            if labels[key]:
+                s.execute(Detection.__table__.insert(), [{**d, "item_id": item_id, "idx": i}
+                                                         for i, d in enumerate(labels[key])])
             s.commit()
     engine.dispose()
 
@@ -176,6 +177,31 @@ def test_from_job_uses_reviewed_labels_and_never_rejected_ones(tmp_path: Path, s
     assert [tuple(c) for c in carried] == [("a.png", "dog"), ("c.png", "dog"), ("c.png", "cat")]
 
 
+def test_from_job_must_have_labelled_the_same_source(tmp_path: Path, sqlite_url: str, lf_env: Path) -> None:
+    write_scenes(tmp_path / "labelled", 1)
+    write_scenes(tmp_path / "other", 1)
+    _source_job(sqlite_url, tmp_path / "labelled", {"img_0000.jpg": []})
+    result = runner.invoke(app, ["edit", str(tmp_path / "other"), "--from-job", "src", "--prompt", "x", "--db",
+                                 sqlite_url, "--out", str(tmp_path / "o"), "--models", "tiny-random"])
+    assert getattr(result.exception, "message", "") == (
+        f"--from-job 'src' labelled {(tmp_path / 'labelled').resolve()}, not {(tmp_path / 'other').resolve()}; "
+        "edit the same source")
+
+
+def test_from_job_bad_labels_are_recorded_per_image(tmp_path: Path, sqlite_url: str, lf_env: Path) -> None:
+    write_scenes(tmp_path / "p", 2)
+    empty = _det(_disk(240, 320, 100, 100, 20), "dog", None)
+    empty["mask"] = encode_mask_record(np.zeros((5, 5), bool), 0, 0, (240, 320))
+    _source_job(sqlite_url, tmp_path / "p", {"img_0000.jpg": [_det(_disk(100, 100, 50, 50, 20), "dog", None)],
+                                             "img_0001.jpg": [empty]})
+    _cli("edit", str(tmp_path / "p"), "--from-job", "src", "--prompt", "x", "--db", sqlite_url, "--out",
+         str(tmp_path / "o"), "--job", "bad", *FAST)
+    st = _status(sqlite_url, "bad")
+    assert sorted((f["status"], f["reason"]) for f in st["failures"]) == [
+        ("failed", "label 0: its mask is for a 100x100 image, this image is 320x240; re-label the image"),
+        ("skipped", "nothing to edit: no usable labels with a mask in this image")]
+
+
 BAD = [
     (["--target", "dog", "--prompt", "  "], "--prompt is empty; say what to paint inside the mask, e.g. "
      "'a corgi, photo'"),
@@ -208,3 +234,43 @@ def test_console_error_is_one_line(tmp_path: Path) -> None:
                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "300"}, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip() == "error: --target is empty; name the objects to edit, e.g. --target dog"
+
+
+def _official_layout(tmp_path: Path, model_dir: Path) -> Path:
+    """The tiny pipeline saved like the official SD inpainting repo: fp16 variant files only, a
+    model_index.json naming a safety checker and feature extractor whose folders are not downloaded."""
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from labelfleet.settings import Settings
+    from workers.inpaint import resolve_inpainter
+
+    tiny = resolve_inpainter("sd_inpaint_tiny", Settings(model_dir=model_dir)).files["pipeline_dir"]
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(str(tiny), local_files_only=True).to(torch.float16)
+    folder = tmp_path / "official-like"
+    pipe.save_pretrained(str(folder), variant="fp16", safe_serialization=True)
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"],
+                 feature_extractor=["transformers", "CLIPImageProcessor"], requires_safety_checker=True)
+    (folder / "model_index.json").write_text(json.dumps(index))
+    assert sorted(p.name for p in (folder / "unet").iterdir()) == ["config.json",
+                                                                   "diffusion_pytorch_model.fp16.safetensors"]
+    return folder
+
+
+def test_edit_checkpoint_in_the_official_layout(tmp_path: Path, sqlite_url: str, lf_env: Path) -> None:
+    folder = _official_layout(tmp_path, lf_env)
+    src = tmp_path / "photos"
+    write_scenes(src, 2)
+    _source_job(sqlite_url, src, {"img_0000.jpg": [_det(_disk(240, 320, 100, 100, 30), "dog", None)],
+                                  "img_0001.jpg": [_det(_disk(240, 320, 200, 100, 30), "dog", None)]})
+    text = _cli("edit", str(src), "--from-job", "src", "--prompt", "a corgi", "--db", sqlite_url, "--out",
+                str(tmp_path / "out"), "--job", "ck", "--edit-checkpoint", str(folder), "--variants", "1",
+                "--steps", "2")
+    assert "RANDOM-WEIGHT" not in text  # a local checkpoint is not known to be random
+    rows = _outputs(sqlite_url, "ck")
+    assert len(rows) == 2 and all(r.model == f"local:{folder}" and not r.random_weights for r in rows)
+    assert all(r.params["dtype"] == "torch.float32" and r.params["device"] == "cpu" for r in rows)
+    from workers.inpaint import folder_sha256
+
+    assert {r.model_sha256 for r in rows} == {folder_sha256(folder)}

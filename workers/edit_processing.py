@@ -35,9 +35,9 @@ from labelfleet.db import repository as repo
 from labelfleet.db.edit_queries import usable_detections
 from labelfleet.db.models import EditOutput, ItemStatus
 from labelfleet.edit import EditParams, EditUnit, output_key, plan_units
-from labelfleet.errors import ItemSkipped
+from labelfleet.errors import ItemSkipped, PermanentError
 from labelfleet.images import DecodedImage
-from labelfleet.masks import encode_mask_record, mask_record_full, mask_to_xyxy
+from labelfleet.masks import encode_mask_record, mask_record_area, mask_record_frame, mask_record_full, mask_to_xyxy
 from labelfleet.settings import Settings
 from labelfleet.storage.base import Source
 from labelfleet.storage.dest import Destination
@@ -111,8 +111,13 @@ class EditProcessor(ItemProcessor):
     def _edit(self, row: _Row, decoded: DecodedImage, t_read: float, rows: list[dict[str, Any]],
               stats: ProcessStats) -> None:
         p = self.params
-        idx = [i for i, r in enumerate(rows) if r.get("mask")
+        idx = [i for i, r in enumerate(rows) if r.get("mask") and mask_record_area(r["mask"]) > 0
                and (not self._targets or normalize_class(r["class_name"]) in self._targets)]
+        for i in idx:
+            if mask_record_frame(rows[i]["mask"]) != (decoded.height, decoded.width):
+                h, w = mask_record_frame(rows[i]["mask"])
+                raise PermanentError(f"label {i}: its mask is for a {w}x{h} image, this image is "
+                                     f"{decoded.width}x{decoded.height}; re-label the image")
         units = plan_units(idx, p.per_instance)
         if not units:
             what = ", ".join(p.targets) or "usable labels"

@@ -40,9 +40,13 @@ def edit_processor(ctx: WorkerContext, job_id: int, config: dict[str, Any], sour
     source_job_id = None
     if params.from_job:
         with ctx.factory() as s:
-            source_job_id = s.scalar(select(Job.id).where(Job.name == params.from_job))
-        if source_job_id is None:
+            found = s.execute(select(Job.id, Job.source).where(Job.name == params.from_job)).first()
+        if found is None:
             raise ConfigError(f"--from-job {params.from_job!r}: no such job in this database")
+        source_job_id, labelled = found
+        if labelled != source.uri:
+            raise ConfigError(f"--from-job {params.from_job!r} labelled {labelled}, not {source.uri}; "
+                              "edit the same source")
     pipeline = None if params.from_job else ctx.pipeline_for(config)
     ckpt = Path(params.checkpoint_dir) if params.checkpoint_dir else None
     res = resolve_inpainter(params.inpainter, ctx.settings, checkpoint_dir=ckpt, allow_download=allow_download)

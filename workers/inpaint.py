@@ -127,7 +127,7 @@ def prepare_mask(mask: BoolArray, dilate: int, feather: int) -> tuple[BoolArray,
     ``(H, W)`` blend weight that is 0 outside ``region`` and ramps to 1 over ``feather`` px inside it."""
     import cv2
 
-    m = np.asarray(mask, dtype=np.uint8)
+    m: Any = np.asarray(mask, dtype=np.uint8)
     if dilate:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate + 1, 2 * dilate + 1))
         m = cv2.dilate(m, kernel)
@@ -183,7 +183,7 @@ class Inpainter:
         self.dtype = _dtype(device, dtype)
         variant = "fp16" if any(Path(pipeline_dir).glob("unet/*.fp16.safetensors")) else None
         self.pipe = StableDiffusionInpaintPipeline.from_pretrained(
-            str(pipeline_dir), torch_dtype=self.dtype, variant=variant, safety_checker=None,
+            str(pipeline_dir), torch_dtype=self.dtype, variant=variant, safety_checker=None, feature_extractor=None,
             requires_safety_checker=False, local_files_only=True).to(device)
         self.pipe.set_progress_bar_config(disable=True)
         if attention_slicing is None:

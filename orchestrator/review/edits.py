@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from labelfleet.db.edit_queries import edit_outputs
 from labelfleet.db.models import EditOutput, EditReview, Item, Job
-from labelfleet.masks import mask_record_full
+from labelfleet.masks import encode_rle, mask_record_full
 from labelfleet.storage import open_source
 from labelfleet.storage.dest import open_destination
 from orchestrator.review import ACCEPT_TAG, REJECT_TAG, dataset_name, import_fiftyone
@@ -61,6 +61,14 @@ def _caches(job: Job, media_root: Path) -> tuple[MediaCache, MediaCache]:
     return src, MediaCache(dest, media_root, job.name + "-outputs")  # type: ignore[arg-type]
 
 
+def _fo_row(row: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A detection row for :func:`to_fo_detection`, its mask record as full-frame RLE (which it reads
+    today), no review mirror (carried labels are the edit job's own)."""
+    mask = row.get("mask")
+    return {**row, "review_status": None, **changes,
+            "mask": encode_rle(mask_record_full(mask)) if mask else None}
+
+
 def _mask_png(folder: Path, out: EditOutput) -> Path:
     path = folder / f"{out.item_id}_{safe_name(out.instance)}.png"
     if not path.exists():
@@ -76,18 +84,17 @@ def _group_samples(fo: Any, it: Item, outs: list[EditOutput], labels: list[dict[
               "random_weights": outs[0].random_weights}
 
     def dets() -> Any:
-        return fo.Detections(detections=[to_fo_detection({**r, "review_status": None}, frame_size(it))
-                                         for r in labels])
+        return fo.Detections(detections=[to_fo_detection(_fo_row(r), frame_size(it)) for r in labels])
 
     meta = fo.ImageMetadata(width=it.width, height=it.height)
     samples = [fo.Sample(filepath=str(caches[0].path(it.key)), group=group.element("original"), metadata=meta,
                          detections=dets(), **common),
                fo.Sample(filepath=str(_mask_png(mask_dir, outs[0])), group=group.element("mask"), **common)]
     for o in outs:
-        tags = {EditReview.KEPT: [ACCEPT_TAG], EditReview.DISCARDED: [REJECT_TAG]}.get(o.review_status or "", [])
+        tags: dict[str | None, list[str]] = {EditReview.KEPT: [ACCEPT_TAG], EditReview.DISCARDED: [REJECT_TAG]}
         samples.append(fo.Sample(filepath=str(caches[1].path(o.output_key)), group=group.element(f"v{o.variant}"),
-                                 tags=list(tags), lf_edit_output_id=o.id, prompt=o.prompt, seed=o.seed,
-                                 metadata=meta, detections=dets(), **common))
+                                 tags=list(tags.get(o.review_status, [])), lf_edit_output_id=o.id,
+                                 prompt=o.prompt, seed=o.seed, metadata=meta, detections=dets(), **common))
     return samples
 
 
@@ -128,7 +135,7 @@ def sync_edit_review(session: Session, job_id: int, ds: Any, *, reviewer: str) -
     are not rewritten (``reviewed_at`` keeps the time of the decision).
     """
     report = EditReviewReport()
-    flat = ds.select_group_slices(_allow_mixed=True) if ds.media_type == "group" else ds
+    flat = ds.select_group_slices() if ds.media_type == "group" else ds
     now = datetime.now(UTC)
     for oid, tags in zip(flat.values("lf_edit_output_id"), flat.values("tags"), strict=True):
         if oid is None:
@@ -160,14 +167,13 @@ def export_kept(session: Session, job: Job, *, out: Path, new_class: str | None,
     new_class = new_class or job.config.get("edit", {}).get("new_class")
     kept = [o for o in edit_outputs(session, job.id) if o.review_status == EditReview.KEPT]
     items = {it.id: it for it in session.scalars(select(Item).where(Item.id.in_({o.item_id for o in kept})))}
-    rows = detection_rows(session, list(items))
+    rows = {k: [_fo_row(r) for r in v] for k, v in detection_rows(session, list(items)).items()}
     cache = _caches(job, media_root)[1]
     samples, n_labels = [], 0
     for o in kept:
         it = items[o.item_id]
-        dets = [to_fo_detection({**r, "review_status": None,
-                                 "class_name": new_class if new_class and i in o.detection_idx else r["class_name"]},
-                                frame_size(it)) for i, r in enumerate(rows.get(o.item_id, []))]
+        dets = [to_fo_detection({**r, "class_name": new_class if new_class and i in o.detection_idx
+                                 else r["class_name"]}, frame_size(it)) for i, r in enumerate(rows.get(o.item_id, []))]
         n_labels += len(dets)
         samples.append(fo.Sample(filepath=str(cache.path(o.output_key)), lf_edit_output_id=o.id,
                                  metadata=fo.ImageMetadata(width=it.width, height=it.height),
