@@ -19,7 +19,7 @@ from labelfleet.cli import app
 from labelfleet.db import migrate
 from labelfleet.db import repository as repo
 from labelfleet.db.engine import make_engine, session_factory
-from labelfleet.db.models import Detection, EditOutput, Item, Job
+from labelfleet.db.models import Detection, EditOutput, Item, Job, ReviewAction, ReviewDecision
 from labelfleet.masks import encode_mask_record, mask_record_full
 from labelfleet.storage import open_source
 from tests.imagegen import scene, write_scenes
@@ -129,9 +129,18 @@ def _source_job(db: str, folder: Path, labels: dict[str, list[dict]]) -> None:
         for item_id in ids:
             key = s.get(Item, item_id).key
             assert repo.finish_item(s, item_id, "me", repo.LabelRows(), facts={})
-            if labels[key]:
-                s.execute(Detection.__table__.insert(), [{**d, "item_id": item_id, "idx": i}
-                                                         for i, d in enumerate(labels[key])])
+            for i, d in enumerate(labels[key]):
+                review = d.get("review_status")
+                pred = {k: v for k, v in d.items() if k not in ("review_status", "reviewed_by")}
+                det = Detection(**pred, item_id=item_id, idx=i)
+                s.add(det)
+                s.flush()
+                if review:  # a reviewer's decision on that prediction, as review --sync records it
+                    action = {"accepted": ReviewAction.ACCEPT, "rejected": ReviewAction.REJECT}[review]
+                    s.add(ReviewDecision(item_id=item_id, prediction_id=det.id, action=action,
+                                         reviewer=d["reviewed_by"], decided_at=repo.utcnow(),
+                                         **{k: pred[k] for k in ("x0", "y0", "x1", "y1", "class_name", "score",
+                                                                 "phrase", "tag", "mask", "area")}))
             s.commit()
     engine.dispose()
 

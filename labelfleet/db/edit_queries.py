@@ -7,26 +7,33 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from labelfleet.db.models import Detection, EditOutput, Item, ItemStatus, ReviewStatus
+from labelfleet.db.labels import CONFIRMED, current_labels
+from labelfleet.db.models import EditOutput, Item, ItemStatus
+from labelfleet.masks import mask_record_area
 
 _COLUMNS = ("x0", "y0", "x1", "y1", "score", "class_name", "phrase", "tag", "mask", "area")
 
 
 def usable_detections(session: Session, job_id: int, key: str) -> list[dict[str, Any]]:
-    """The labels of job ``job_id``'s done item ``key`` that an edit may use, as column dicts by ``idx``.
+    """The labels of job ``job_id``'s done item ``key`` that an edit may use, in view order.
 
-    Reviewed labels (accepted or edited by a person) when the item has any, else its
-    unreviewed machine labels; rejected labels never. THE single place that decides
-    this: when review decisions move to their own tables, repoint this query only.
+    Read from the job's current labels (:func:`labelfleet.db.labels.current_labels`): the
+    labels a person confirmed (accepted, edited, added) when the item has any, else its
+    unreviewed predictions; rejected and deleted labels never. Each dict has at least
+    ``x0, y0, x1, y1`` (absolute px, upright frame), ``score``, ``class_name``, ``phrase``,
+    ``tag``, ``mask`` (a mask record or None) and ``area``.
     """
-    rows = session.execute(
-        select(Detection.review_status, *[getattr(Detection, c) for c in _COLUMNS])
-        .join(Item, Detection.item_id == Item.id)
-        .where(Item.job_id == job_id, Item.key == key, Item.status == ItemStatus.DONE)
-        .order_by(Detection.idx)).all()
-    kept = [r for r in rows if r[0] != ReviewStatus.REJECTED]
-    reviewed = [r for r in kept if r[0] in (ReviewStatus.ACCEPTED, ReviewStatus.EDITED)]
-    return [dict(zip(_COLUMNS, r[1:], strict=True)) for r in (reviewed or kept)]
+    item_id = session.scalar(select(Item.id).where(Item.job_id == job_id, Item.key == key,
+                                                   Item.status == ItemStatus.DONE))
+    if item_id is None:
+        return []
+    labels = current_labels(session, [int(item_id)]).get(int(item_id), [])
+    confirmed = [lab for lab in labels if lab["review_status"] in CONFIRMED]
+    out = []
+    for lab in confirmed or [lab for lab in labels if lab["review_status"] is None]:
+        area = mask_record_area(lab["mask"]) if lab.get("mask") else None
+        out.append({**{c: lab.get(c) for c in _COLUMNS if c != "area"}, "area": area})
+    return out
 
 
 def edit_outputs(session: Session, job_id: int) -> list[EditOutput]:

@@ -13,7 +13,9 @@ conversion to FiftyOne's relative boxes is :func:`orchestrator.review.convert.to
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +36,7 @@ from labelfleet.storage.dest import open_destination
 from orchestrator.review import ACCEPT_TAG, REJECT_TAG, dataset_name, import_fiftyone
 from orchestrator.review.convert import to_fo_detection
 from orchestrator.review.dataset import detection_rows, frame_size, job_info
-from orchestrator.review.export import fix_coco_segmentations
+from orchestrator.review.formats import coco_document
 from orchestrator.review.media import MediaCache, safe_name
 
 logger = logging.getLogger(__name__)
@@ -160,33 +162,32 @@ def sync_edit_review(session: Session, job_id: int, ds: Any, *, reviewer: str) -
 
 
 def export_kept(session: Session, job: Job, *, out: Path, new_class: str | None, media_root: Path) -> dict[str, Any]:
-    """COCO export (FiftyOne's exporter) of the kept variants: the image is the variant, the labels the
-    source labels carried over, the edited instances renamed ``new_class`` (default: the job's)."""
-    fo = import_fiftyone()
+    """COCO export (``labels.json`` + ``data/``) of the kept variants: the image is the variant, the labels
+    the source labels carried over, the edited instances renamed ``new_class`` (default: the job's).
+
+    Written by the same COCO writer as ``labelfleet export`` (one mask per label for ``area``,
+    polygons and RLE); a class table sorted by name."""
     t0 = time.perf_counter()
     new_class = new_class or job.config.get("edit", {}).get("new_class")
     kept = [o for o in edit_outputs(session, job.id) if o.review_status == EditReview.KEPT]
     items = {it.id: it for it in session.scalars(select(Item).where(Item.id.in_({o.item_id for o in kept})))}
-    rows = {k: [_fo_row(r) for r in v] for k, v in detection_rows(session, list(items)).items()}
+    rows = detection_rows(session, list(items), include_rejected=False)
     cache = _caches(job, media_root)[1]
-    samples, n_labels = [], 0
-    for o in kept:
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    images, labels = [], []
+    for n, o in enumerate(kept, start=1):
         it = items[o.item_id]
-        dets = [to_fo_detection({**r, "class_name": new_class if new_class and i in o.detection_idx
-                                 else r["class_name"]}, frame_size(it)) for i, r in enumerate(rows.get(o.item_id, []))]
-        n_labels += len(dets)
-        samples.append(fo.Sample(filepath=str(cache.path(o.output_key)), lf_edit_output_id=o.id,
-                                 metadata=fo.ImageMetadata(width=it.width, height=it.height),
-                                 detections=fo.Detections(detections=dets)))
-    ds = fo.Dataset()
-    try:
-        ds.add_samples(samples, progress=False)
-        classes = sorted(set(ds.distinct("detections.detections.label"))) if samples else []
-        ds.export(export_dir=str(out), dataset_type=fo.types.COCODetectionDataset, label_field="detections",
-                  classes=classes, progress=False)
-    finally:
-        ds.delete()
-    if samples:
-        fix_coco_segmentations(out / "labels.json", rows)
-    return {"images": len(samples), "labels": n_labels, "seconds": time.perf_counter() - t0,
-            "random_weights": any(o.random_weights for o in kept)}
+        name = o.output_key.replace("/", "__")  # output keys are unique within the job
+        shutil.copyfile(cache.path(o.output_key), out / "data" / name)
+        images.append({"id": n, "file_name": name, "width": it.width, "height": it.height, "lf_key": it.key,
+                       "lf_edit_output_id": o.id})
+        labels.append([{**r, "class_name": new_class if new_class and i in o.detection_idx else r["class_name"]}
+                       for i, r in enumerate(rows.get(o.item_id, []))])
+    classes = sorted({r["class_name"] for ls in labels for r in ls})
+    random = any(o.random_weights for o in kept)
+    info = {**job_info(job), "description": f"labelfleet edit job {job.name}"
+            + (f": {RANDOM_EDITS_NOTE}" if random else ""), "random_weights": random}
+    (out / "labels.json").write_text(json.dumps(coco_document(images, labels, classes, info, "polygon"),
+                                                default=str))
+    return {"images": len(images), "labels": sum(len(ls) for ls in labels), "seconds": time.perf_counter() - t0,
+            "random_weights": random}
