@@ -57,7 +57,7 @@ class ChunkKwargs(BaseModel):
 
 
 #: Task name -> model of its kwargs. A task name not listed here is dead-lettered as unknown.
-TASK_KWARGS: dict[str, type[BaseModel]] = {TaskName.PROCESS_CHUNK: ChunkKwargs}
+TASK_KWARGS: dict[str, type[BaseModel]] = {TaskName.PROCESS_CHUNK: ChunkKwargs, TaskName.EDIT_CHUNK: ChunkKwargs}
 
 
 def validate_kwargs(task: str, kwargs: Any) -> BaseModel:
