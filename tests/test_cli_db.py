@@ -5,6 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from labelfleet.cli import app
+from labelfleet.db.migrate import head_revision
 
 runner = CliRunner()
 
@@ -13,11 +14,12 @@ def test_db_upgrade_current_and_jobs(db_url: str) -> None:
     before = runner.invoke(app, ["status", "x", "--db", db_url])
     assert "labelfleet db upgrade --db URL" in getattr(before.exception, "message", "")
     out = runner.invoke(app, ["db", "upgrade", "--db", db_url], env={"COLUMNS": "200"})
-    assert out.exit_code == 0 and "database at revision 0002" in out.output
+    head = head_revision()  # every branch adds a migration; the lead re-chains them
+    assert out.exit_code == 0 and f"database at revision {head}" in out.output
     again = runner.invoke(app, ["db", "upgrade", "--db", db_url])  # idempotent
     assert again.exit_code == 0
     cur = runner.invoke(app, ["db", "current", "--db", db_url])
-    assert "current 0002, head 0002" in cur.output
+    assert f"current {head}, head {head}" in cur.output
     jobs = runner.invoke(app, ["jobs", "--db", db_url])
     assert jobs.exit_code == 0 and "no jobs yet" in jobs.output
 
