@@ -69,7 +69,15 @@ def test_racing_enqueuers_publish_each_item_once(db_url: str, redis_server: Redi
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run) for _ in range(6)]
+    def sweeper() -> None:  # sweeps racing a submit that is still enqueueing
+        try:
+            for _ in range(3):
+                counts.append(sweep(factory, redis_server.url, max_attempts=3, chunk_size=1,
+                                    requeue_after_s=30).requeued)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)] + [threading.Thread(target=sweeper) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
