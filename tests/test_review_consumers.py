@@ -37,14 +37,45 @@ def _cli(*args: str) -> str:
 
 
 def offline_ultralytics(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ultralytics without network: offline mode, its own settings dir, no font download, no sync."""
+    """Settings for the Ultralytics subprocess: offline mode and its own config dir."""
     monkeypatch.setenv("YOLO_OFFLINE", "1")
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp / "ultralytics-config"))
-    import ultralytics.data.utils as du
-    from ultralytics.utils import SETTINGS
 
-    SETTINGS.update({"sync": False})
-    monkeypatch.setattr(du, "check_font", lambda *a, **k: None)  # would fetch Arial.ttf for plots
+
+#: Runs in a fresh interpreter: Ultralytics patches PIL.Image.open process-wide on import. Sockets are
+#: disabled, so any download attempt (fonts, assets, pip installs) fails the check instead of going out.
+_ULTRALYTICS = """
+import json, socket, sys
+def _no_network(*a, **k):
+    raise OSError("network disabled in this test")
+socket.socket.connect = _no_network
+socket.create_connection = _no_network
+import ultralytics.data.utils as du
+from ultralytics.utils import SETTINGS
+SETTINGS.update({"sync": False})
+du.check_font = lambda *a, **k: None  # only used for plot labels
+from ultralytics.data import YOLODataset
+from ultralytics.data.utils import check_det_dataset
+yaml, seg = sys.argv[1], sys.argv[2] == "1"
+data = check_det_dataset(yaml, autodownload=False)
+parts = {}
+for part in sorted({data["train"], data["val"]}):
+    ds = YOLODataset(img_path=part, data=data, task="segment" if seg else "detect", augment=False)
+    parts[part] = {"labels": sum(len(lb["cls"]) for lb in ds.labels),
+                   "segments_ok": not seg or all(len(lb["segments"]) == len(lb["cls"]) for lb in ds.labels)}
+print(json.dumps({"nc": data["nc"], "names": {str(k): v for k, v in data["names"].items()}, "parts": parts}))
+"""
+
+
+def ultralytics_check(yaml: Path, *, seg: bool) -> dict[str, Any]:
+    """Ultralytics' ``check_det_dataset`` + ``YOLODataset`` on an export, offline, in a subprocess."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _ULTRALYTICS, str(yaml), "1" if seg else "0"], capture_output=True,
+                         text=True, env={**os.environ, "YOLO_OFFLINE": "1"}, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def view_of(db_url: str, job: str, **kw: Any) -> dict[str, list[dict[str, Any]]]:
@@ -125,32 +156,24 @@ def check_coco(path: Path, view: dict[str, list[dict[str, Any]]], classes: list[
 def check_yolo(root: Path, view: dict[str, list[dict[str, Any]]], classes: list[str], *, seg: bool) -> None:
     """Ultralytics' dataset checker and YOLODataset, and supervision, load the YOLO export."""
     import supervision as sv
-    from ultralytics.data import YOLODataset
-    from ultralytics.data.utils import check_det_dataset
 
     text = (root / "dataset.yaml").read_text()
-    random = any(lab for lab in _by_key(view).values()) and "labelfleet_random_weights: true" in text
-    data = check_det_dataset(str(root / "dataset.yaml"), autodownload=False)
-    assert data["nc"] == len(classes) and data["names"] == dict(enumerate(classes))
+    ultra = ultralytics_check(root / "dataset.yaml", seg=seg)
+    assert ultra["nc"] == len(classes) and ultra["names"] == {str(i): c for i, c in enumerate(classes)}
     files: Counter[int] = Counter()
-    parts = {data["train"], data["val"]}
-    for part in parts:
-        ds = YOLODataset(img_path=part, data=data, task="segment" if seg else "detect", augment=False)
+    for part, got in ultra["parts"].items():
         lines = {Path(f).stem: Path(f).read_text().splitlines()
                  for f in Path(part.replace("images", "labels")).glob("*.txt")}
         files.update(int(ln.split()[0]) for v in lines.values() for ln in v)
         # Ultralytics drops exact duplicate lines (two labels with the same class and polygon)
-        assert sum(len(lb["cls"]) for lb in ds.labels) == sum(len(set(v)) for v in lines.values())
-        for lb in ds.labels:
-            if seg:
-                assert len(lb["segments"]) == len(lb["cls"])
+        assert got["labels"] == sum(len(set(v)) for v in lines.values()) and got["segments_ok"]
         sv_ds = sv.DetectionDataset.from_yolo(images_directory_path=part,
                                               annotations_directory_path=part.replace("images", "labels"),
                                               data_yaml_path=str(root / "dataset.yaml"), force_masks=seg)
         assert sum(len(d) for _, _, d in sv_ds) == sum(len(v) for v in lines.values())
         assert sv_ds.classes == classes
     assert files == Counter(classes.index(lab["class_name"]) for lab in _by_key(view).values())
-    assert random or "labelfleet_random_weights: false" in text
+    assert f"labelfleet_random_weights: {'true' if '# WARNING: random weights' in text else 'false'}" in text
 
 
 def check_masks(root: Path, view: dict[str, list[dict[str, Any]]], classes: list[str]) -> None:

@@ -199,3 +199,33 @@ def test_added_and_deleted_labels_become_decisions(tmp_path: Path, db_url: str) 
     ds = _build(db_url, job, tmp_path)  # the added label comes back from the database, once
     assert ds.count("detections.detections") == 6  # 2 x 3 predictions - 1 deleted + 1 added
     assert "(0 decisions written" in _cli("review", job, "--db", db_url, "--sync", "--reviewer", "bob")
+
+
+def test_relabel_hides_new_predictions_over_decided_regions_any_class(tmp_path: Path, db_url: str) -> None:
+    """Reject a 'dog', move a box, change a class; a relabel finding them again (any class) stays hidden."""
+    job = make_job(db_url, tmp_path / "imgs", images=1, dets_per_image=4)
+    ds = _build(db_url, job, tmp_path)
+    sample = ds.first()
+    d = sample.detections.detections
+    d[0].tags = ["reject"]
+    d[1].label = "person-edited"
+    x, y, w, h = d[2].bounding_box
+    d[2].bounding_box = [x + 0.05, y + 0.05, w, h]
+    sample.save()
+    assert "(3 decisions written" in _cli("review", job, "--db", db_url, "--sync", "--reviewer", "alice")
+    engine = make_engine(db_url)
+    with session_factory(engine)() as s:
+        job_id = s.scalar(select(Job.id).where(Job.name == job))
+        old = {p.idx: p for p in s.scalars(select(Detection).order_by(Detection.idx))}
+        repo.reset_for_relabel(s, job_id)
+        (item_id,) = repo.claim_items(s, job_id, "W", limit=1, lease_seconds=60)
+        again = [{**{k: getattr(old[i], k) for k in ("x0", "y0", "x1", "y1", "score", "phrase", "tag", "mask",
+                                                      "area")}, "class_name": "other"} for i in range(4)]
+        assert repo.finish_item(s, item_id, "W", repo.LabelRows(detections=again), facts={})
+    engine.dispose()
+    view = _current(db_url)
+    fresh = [lab for lab in view.values() if lab["run_id"] == 2 and lab["review_status"] is None]
+    assert [lab["x0"] for lab in fresh] == [old[3].x0]  # only the undecided object comes back (as "other")
+    assert sorted(str(lab["review_status"]) for lab in view.values()) == ["None", "edited", "edited", "rejected"]
+    out = _cli("export", job, "--db", db_url, "--format", "coco", "--out", str(tmp_path / "c"), "--keep-overlapping")
+    assert "exported 6 labels" in out  # 2 edited + 4 new predictions, asked for explicitly

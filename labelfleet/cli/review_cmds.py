@@ -178,6 +178,8 @@ def export(
                                            "below this."),
     split: float | None = typer.Option(None, "--split", min=0.0, max=1.0, help="YOLO: train fraction, e.g. "
                                        "0.9 (the rest is val) [default: train = val = every image]."),
+    keep_overlapping: bool = typer.Option(False, "--keep-overlapping", help="Also export new predictions that "
+                                          "overlap a region a person decided on (hidden by default)."),
     coco_segmentation: str = typer.Option("rle", "--coco-segmentation", help="COCO masks as rle (exact) or "
                                           "polygon (RLE for masks too thin for a polygon)."),
     media_dir: Path | None = MediaOpt,
@@ -202,7 +204,7 @@ def export(
             _warn_if_random(lf_job)
             stats = export_job(s, lf_job, fmt=fmt, out=out, media_root=_media_root(settings, media_dir),
                                include_rejected=include_rejected, min_score=min_score, reviewed_only=reviewed_only,
-                               split=split, coco_segmentation=coco_segmentation,
+                               split=split, coco_segmentation=coco_segmentation, keep_overlapping=keep_overlapping,
                                s3_endpoint_url=settings.s3_endpoint_url)
     finally:
         engine.dispose()

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from sqlalchemy.orm import Session
 
-from labelfleet.db.labels import class_table, current_labels
+from labelfleet.db.labels import DECISION_IOU, class_table, current_labels
 from labelfleet.db.models import Item, Job
 from orchestrator.review import import_fiftyone
 from orchestrator.review.convert import UNREVIEWED, to_fo_detection
@@ -74,9 +74,13 @@ def in_train(key: str, split: float | None) -> bool:
 
 def export_job(session: Session, job: Job, *, fmt: str, out: Path, media_root: Path,
                include_rejected: bool = False, min_score: float | None = None, reviewed_only: bool = False,
-               split: float | None = None, coco_segmentation: str = "rle",
+               split: float | None = None, coco_segmentation: str = "rle", keep_overlapping: bool = False,
                s3_endpoint_url: str | None = None) -> dict[str, Any]:
-    """Export ``job`` to ``out`` in ``fmt`` (one of :data:`FORMATS`); returns counts and seconds."""
+    """Export ``job`` to ``out`` in ``fmt`` (one of :data:`FORMATS`); returns counts and seconds.
+
+    ``keep_overlapping`` also exports new predictions that overlap a region a person decided on
+    (hidden by default, see :mod:`labelfleet.db.labels`).
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; supported: {', '.join(FORMATS)}")
     if split is not None and not 0 < split < 1:
@@ -84,7 +88,8 @@ def export_job(session: Session, job: Job, *, fmt: str, out: Path, media_root: P
     t0 = time.perf_counter()
     items = [it for it in done_items(session, job) if it.width and it.height]
     rows = current_labels(session, [it.id for it in items], include_rejected=include_rejected,
-                          min_score=min_score, reviewed_only=reviewed_only)
+                          min_score=min_score, reviewed_only=reviewed_only,
+                          overlap_iou=None if keep_overlapping else DECISION_IOU)
     classes = class_table(session, job.id, job.config)
     session.commit()
     (out.parent if fmt == "fiftyone" else out).mkdir(parents=True, exist_ok=True)

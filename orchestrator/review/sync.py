@@ -23,7 +23,7 @@ Decisions are never updated: a new decision on the same label ``replaces`` the c
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -63,18 +63,6 @@ class SyncReport:
     @property
     def written(self) -> int:
         return self.accepted + self.rejected + self.edited + self.added + self.deleted
-
-
-def verdict(label_tags: Sequence[str], sample_tags: Sequence[str], edited: bool) -> str | None:
-    """The review status of one label: reject > edited > accept; None = unreviewed."""
-    tags = set(label_tags) if {ACCEPT_TAG, REJECT_TAG} & set(label_tags) else set(sample_tags)
-    if REJECT_TAG in tags:
-        return ReviewStatus.REJECTED
-    if edited:
-        return ReviewStatus.EDITED
-    if ACCEPT_TAG in tags:
-        return ReviewStatus.ACCEPTED
-    return None
 
 
 @dataclass
