@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from labelfleet.db import migrate
 from labelfleet.db import repository as repo
 from labelfleet.db.engine import make_engine, session_factory
-from labelfleet.db.models import Item, ItemStatus
+from labelfleet.db.models import Item, ItemStatus, Job
 from labelfleet.errors import (
     BadImageError,
     DatabaseUnavailable,
@@ -116,6 +116,11 @@ def test_out_of_memory_halves_the_batch_and_succeeds(job: Any, monkeypatch: pyte
     finally:
         ctx.close()
     assert [(r.status, r.attempts) for r in _items(factory)] == [(ItemStatus.DONE, 1)] * 6
+    with factory() as s:  # provenance: the files this worker actually loaded, recorded on the job
+        stages = s.get(Job, job_id).models["stages"]  # type: ignore[union-attr]
+    detector = Path(stages["detector"]["checkpoint"])
+    assert stages["tagger"] is None and stages["detector"]["key"] == "gdino_tiny"
+    assert stages["detector"]["checkpoint_sha256"] == hashlib.sha256(detector.read_bytes()).hexdigest()
     halvings = [r.getMessage() for r in caplog.records if "out of memory on a batch" in r.getMessage()]
     assert halvings[:2] == ["out of memory on a batch of 4 images (OutOfMemoryError); retrying as batches of 2",
                             "out of memory on a batch of 2 images (OutOfMemoryError); retrying as batches of 1"]
@@ -257,3 +262,52 @@ def test_object_overwritten_after_listing_records_the_bytes_labelled(pg_url: str
         row = s.execute(select(Item.etag, Item.sha256)).one()
     engine.dispose()
     assert listed != etag and (row.etag, row.sha256) == (etag, hashlib.sha256(new).hexdigest())
+
+
+def test_database_outage_during_a_chunk_charges_no_item(tmp_path: Path, pg_url: str, pg_admin_engine: Any,
+                                                        lf_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy import text
+
+    write_scenes(tmp_path / "imgs", 4)
+    engine = make_engine(pg_url)
+    migrate.upgrade(engine)
+    factory = session_factory(engine)
+    job_id, _ = prepare_job(factory, name="outage", source=open_source(str(tmp_path / "imgs")), config=CONFIG,
+                            models={}, queue="lf.tiny-random")
+    db = pg_url.rsplit("/", 1)[1]
+    monkeypatch.setenv(FAULT_ENV, "slow:4")  # the database goes away while the batch is in the models
+    ctx = WorkerContext(Settings(db_url=pg_url, model_dir=lf_env, device="cpu", batch_size=4))
+    ctx.preload("tiny-random")
+
+    def outage(allow: bool) -> None:
+        with pg_admin_engine.connect() as c:
+            c.execute(text(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS {str(allow).lower()}'))
+            if not allow:
+                c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"), {"d": db})
+
+    down = threading.Timer(1.5, outage, (False,))
+    back = threading.Timer(9.0, outage, (True,))
+    down.start()
+    back.start()
+    try:
+        with pytest.raises(DatabaseUnavailable, match="database unavailable: OperationalError"):
+            run_chunk(job_id, [1, 2, 3, 4], ctx=ctx)
+    finally:
+        down.cancel()
+        back.join()
+        ctx.close()
+    rows = _items(factory)
+    engine.dispose()
+    assert [(r.status, r.attempts, r.lease_owner) for r in rows] == [(ItemStatus.PENDING, 0, None)] * 4
+    assert all(r.error.startswith("given back, attempt not counted: database unavailable") for r in rows)
+
+
+def test_local_checkpoint_records_the_sha256_of_the_file_loaded(tmp_path: Path) -> None:
+    from workers.models import resolve_model
+
+    ckpt = tmp_path / "finetuned-sam.pth"
+    ckpt.write_bytes(b"fine-tuned weights")
+    res = resolve_model("sam_vit_b", "segmenter", Settings(model_dir=tmp_path / "cache"), checkpoint=ckpt,
+                        allow_download=False)
+    assert res.provenance() == {"key": "sam_vit_b", "origin": "local", "checkpoint": str(ckpt),
+                                "checkpoint_sha256": hashlib.sha256(b"fine-tuned weights").hexdigest()}
