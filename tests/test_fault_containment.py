@@ -44,8 +44,9 @@ from orchestrator.sweeper import expire_leases
 from tests.imagegen import scene, write_scenes
 from tests.waiting import wait_until
 from workers.faults import ENV as FAULT_ENV
+from workers.leases import LeaseKeeper
 from workers.processing import classify_error, infrastructure_error, is_device_fault, is_out_of_memory
-from workers.service import LeaseKeeper, WorkerContext, run_chunk
+from workers.service import WorkerContext, run_chunk
 
 CONFIG = {"preset": "tiny-random", "tagger": None, "detector": "gdino_tiny", "segmenter": "sam_tiny",
           **PipelineConfig(classes=("cat", "dog"), segment=False).to_json()}
