@@ -312,3 +312,99 @@ def test_local_checkpoint_records_the_sha256_of_the_file_loaded(tmp_path: Path) 
                         allow_download=False)
     assert res.provenance() == {"key": "sam_vit_b", "origin": "local", "checkpoint": str(ckpt),
                                 "checkpoint_sha256": hashlib.sha256(b"fine-tuned weights").hexdigest()}
+
+
+SHA = "ab" * 32
+BAD_CHECKPOINTS = [
+    ("detector", "--checkpoint 'detector': expected STAGE=s3://bucket/key@SHA256 with STAGE one of tagger"),
+    ("backbone=s3://b/k.pth@" + SHA, "expected STAGE=s3://bucket/key@SHA256 with STAGE one of"),
+    ("detector=/local/k.pth@" + SHA, "the checkpoint must be an S3 object, s3://bucket/key@SHA256"),
+    ("detector=s3://b/@" + SHA, "the checkpoint must be an S3 object"),
+    ("detector=s3://b/k.pth", "the checkpoint must be an S3 object"),
+    ("detector=s3://b/k.pth@abc123", "'abc123' is not a sha256 (64 hex digits)"),
+]
+
+
+@pytest.mark.parametrize(("value", "message"), BAD_CHECKPOINTS, ids=[v for v, _ in BAD_CHECKPOINTS])
+def test_bad_checkpoint_options(value: str, message: str) -> None:
+    from labelfleet.errors import ConfigError
+    from labelfleet.models.finetuned import parse_checkpoint_option
+
+    with pytest.raises(ConfigError) as info:
+        parse_checkpoint_option(value)
+    assert message in info.value.message
+    assert parse_checkpoint_option(f"segmenter=s3://b/ft/sam.pth@{SHA.upper()}") == (
+        "segmenter", {"uri": "s3://b/ft/sam.pth", "sha256": SHA})
+
+
+@pytest.mark.parametrize("matches", [True, False], ids=["sha256-matches", "sha256-mismatch"])
+def test_fine_tuned_s3_checkpoint_is_verified_before_loading(tmp_path: Path, pg_url: str, s3_endpoint: str,
+                                                             lf_env: Path, matches: bool) -> None:
+    import boto3
+
+    from workers.models import resolve_model
+
+    weights = resolve_model("gdino_tiny", "detector", Settings(model_dir=lf_env)).files["checkpoint"].read_bytes()
+    bucket = f"finetuned-{str(matches).lower()}"
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="ft/gdino-ft.pth", Body=weights)
+    sha = hashlib.sha256(weights).hexdigest() if matches else "0" * 64
+    write_scenes(tmp_path / "imgs", 2)
+    engine = make_engine(pg_url)
+    migrate.upgrade(engine)
+    factory = session_factory(engine)
+    uri = f"s3://{bucket}/ft/gdino-ft.pth"
+    config = {**CONFIG, "s3_endpoint_url": s3_endpoint, "checkpoints": {"detector": {"uri": uri, "sha256": sha}}}
+    job_id, _ = prepare_job(factory, name="ft", source=open_source(str(tmp_path / "imgs")), config=config,
+                            models={}, queue="lf.tiny-random")
+    cache = tmp_path / "worker-cache"
+    shutil.copytree(lf_env / "tiny-random", cache / "tiny-random")
+    ctx = WorkerContext(Settings(db_url=pg_url, model_dir=cache, device="cpu"))
+    try:
+        counts = run_chunk(job_id, [1, 2], ctx=ctx)
+    finally:
+        ctx.close()
+    rows = _items(factory)
+    with factory() as s:
+        stages = s.get(Job, job_id).models.get("stages")  # type: ignore[union-attr]
+    engine.dispose()
+    if matches:
+        assert counts == {"done": 2}
+        assert {k: stages["detector"][k] for k in ("origin", "checkpoint_uri", "checkpoint_sha256")} == {
+            "origin": "local", "checkpoint_uri": uri, "checkpoint_sha256": sha}
+        assert (cache / "checkpoints" / sha / "gdino-ft.pth").read_bytes() == weights
+    else:
+        assert counts == {"failed": 2} and stages is None
+        assert list((cache / "checkpoints" / sha).iterdir()) == []  # nothing unverified is kept
+        assert rows[0].error == (f"checkpoint {uri} has sha256 {hashlib.sha256(weights).hexdigest()}, but the job "
+                                 f"names {sha}: refusing to load it")
+        assert ctx.unhealthy is None  # the job's fault, not the worker's
+
+
+def test_submit_records_fine_tuned_checkpoints_on_the_job(tmp_path: Path, sqlite_url: str) -> None:
+    import redis
+    from typer.testing import CliRunner
+
+    from labelfleet.cli import app
+    from labelfleet.errors import ConfigError
+    from tests.conftest import REDIS_URL, service_missing
+
+    broker = REDIS_URL.rsplit("/", 1)[0] + "/9"
+    try:
+        redis.Redis.from_url(broker).ping()
+    except Exception as exc:
+        service_missing("Redis at " + broker, exc)
+    write_scenes(tmp_path / "imgs", 2)
+    args = ["submit", str(tmp_path / "imgs"), "--db", sqlite_url, "--broker", broker, "--job", "ft-cli",
+            "--models", "tiny-random", "--classes", "cat"]
+    bad = CliRunner().invoke(app, [*args, "--checkpoint", "detector=s3://b/k.pth@nothex"])
+    assert isinstance(bad.exception, ConfigError) and "is not a sha256" in bad.exception.message
+    ok = CliRunner().invoke(app, [*args, "--checkpoint", f"detector=s3://b/ft/gdino.pth@{SHA}"],
+                            catch_exceptions=False)
+    assert ok.exit_code == 0, ok.output
+    engine = make_engine(sqlite_url)
+    with session_factory(engine)() as s:
+        config = repo.get_job(s, "ft-cli").config
+    engine.dispose()
+    assert config["checkpoints"] == {"detector": {"uri": "s3://b/ft/gdino.pth", "sha256": SHA}}

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -35,6 +36,7 @@ from labelfleet.pipeline_config import PipelineConfig
 from labelfleet.settings import Settings
 from labelfleet.storage import Source, open_source
 from workers import faults
+from workers.checkpoints import fetch_checkpoint
 from workers.leases import LeaseKeeper
 from workers.models import LoadedModels, build_stages, free_accelerator_memory, pipeline_from
 from workers.pipeline import Pipeline
@@ -42,7 +44,9 @@ from workers.processing import TIME_LIMIT_ERRORS, ItemProcessor, classify_error,
 
 logger = logging.getLogger(__name__)
 #: Job-config keys that are not pipeline settings.
-_JOB_KEYS = ("preset", "tagger", "detector", "segmenter", "s3_endpoint_url", "include", "exclude")
+_JOB_KEYS = ("preset", "tagger", "detector", "segmenter", "s3_endpoint_url", "include", "exclude", "checkpoints")
+#: Cache key of loaded models: (tagger or None, detector, segmenter, ((stage, checkpoint sha256), ...)).
+_ModelKey = tuple[str | None, str, str, tuple[tuple[str, str], ...]]
 
 
 class WorkerContext:
@@ -59,7 +63,7 @@ class WorkerContext:
         self.settings = settings or Settings()
         self.engine: Engine = make_engine(self.settings.db_url.get_secret_value())
         self.factory: sessionmaker[Session] = session_factory(self.engine)
-        self._models: OrderedDict[tuple[str | None, str, str], LoadedModels] = OrderedDict()
+        self._models: OrderedDict[_ModelKey, LoadedModels] = OrderedDict()
         self._sources: dict[tuple[str, str | None], Source] = {}
         self._lock = threading.Lock()
         self._provenance_recorded: set[int] = set()
@@ -84,20 +88,30 @@ class WorkerContext:
     def models_for(self, config: dict[str, Any]) -> tuple[LoadedModels, PipelineConfig]:
         """The loaded models and pipeline settings of a job configuration.
 
-        A bad configuration raises :class:`~labelfleet.errors.ConfigError` (the
-        job's fault); models that cannot be loaded raise :class:`WorkerUnhealthy`.
+        A bad configuration, or a fine-tuned checkpoint (``config["checkpoints"]``:
+        stage -> ``{"uri": "s3://...", "sha256": ...}``) whose bytes do not match,
+        raises a :class:`~labelfleet.errors.PermanentError` (the job's fault);
+        models that cannot be loaded raise :class:`WorkerUnhealthy`.
         """
         preset = get_preset(config["preset"]).with_overrides(
             tagger=config.get("tagger"), detector=config.get("detector"), segmenter=config.get("segmenter"))
         pcfg = PipelineConfig.from_json({k: v for k, v in config.items() if k not in _JOB_KEYS})
-        return self._loaded(preset, pcfg), pcfg
+        named = {k: v for k, v in (config.get("checkpoints") or {}).items() if pcfg.automatic or k != "tagger"}
+        paths = {stage: fetch_checkpoint(c["uri"], c["sha256"], self.settings.model_path,
+                                         endpoint_url=config.get("s3_endpoint_url") or self.settings.s3_endpoint_url)
+                 for stage, c in sorted(named.items())}
+        loaded = self._loaded(preset, pcfg, paths, tuple((k, v["sha256"]) for k, v in sorted(named.items())))
+        for stage, c in named.items():
+            loaded.provenance[stage]["checkpoint_uri"] = c["uri"]
+        return loaded, pcfg
 
-    def _loaded(self, preset: Preset, pcfg: PipelineConfig) -> LoadedModels:
+    def _loaded(self, preset: Preset, pcfg: PipelineConfig, checkpoints: dict[str, Path] | None = None,
+                shas: tuple[tuple[str, str], ...] = ()) -> LoadedModels:
         with self._lock:
-            key = next((k for k in reversed(self._models) if k[1:] == (preset.detector, preset.segmenter)
+            key = next((k for k in reversed(self._models) if k[1:] == (preset.detector, preset.segmenter, shas)
                         and (not pcfg.automatic or k[0] == preset.tagger)), None)
             if key is None:
-                key = (preset.tagger if pcfg.automatic else None, preset.detector, preset.segmenter)
+                key = (preset.tagger if pcfg.automatic else None, preset.detector, preset.segmenter, shas)
                 while len(self._models) >= self.MAX_MODEL_SETS:
                     self._models.popitem(last=False)
                     free_accelerator_memory()
@@ -105,10 +119,11 @@ class WorkerContext:
                 shared = dataclasses.replace(pcfg, tag_threshold=None)  # per-job thresholds go on copies
                 try:
                     self._models[key] = build_stages(preset, self.settings, automatic=pcfg.automatic,
-                                                     config=shared)
+                                                     config=shared, checkpoints=dict(checkpoints or {}))
                 except Exception as exc:
                     msg = exc.message if isinstance(exc, LabelfleetError) else f"{type(exc).__name__}: {exc}"
-                    raise WorkerUnhealthy(f"cannot load models {'/'.join(filter(None, key))}: {msg}") from exc
+                    names = "/".join(filter(None, key[:3]))
+                    raise WorkerUnhealthy(f"cannot load models {names}: {msg}") from exc
             self._models.move_to_end(key)
             return self._models[key]
 

@@ -56,17 +56,22 @@ def submit(
     max_tags: int | None = typer.Option(None, "--max-tags", min=1, help="Keep only the N best tags per image."),
     tag_threshold: float | None = typer.Option(None, "--tag-threshold", min=0, max=1,
                                                help="One threshold for all tags (default: RAM's per-class ones)."),
+    checkpoint: list[str] = typer.Option([], "--checkpoint", help="Fine-tuned weights for a stage, "
+                                         "STAGE=s3://bucket/key.pth@SHA256 (repeatable); workers verify the "
+                                         "sha256 before loading and refuse a mismatch."),
 ) -> None:
     """Record a job and its items in --db, then enqueue them in chunks for the workers.
 
     Re-submitting the same job adds nothing twice; an interrupted listing resumes.
     """
     from labelfleet.cli.label_cmds import job_config, pick_preset, pipeline_config
+    from labelfleet.models.finetuned import parse_checkpoint_option
     from labelfleet.storage import open_source
     from labelfleet.tasknames import queue_for
     from orchestrator.dispatch import enqueue_pending
     from orchestrator.jobs import default_job_name, prepare_job
 
+    checkpoints = dict(parse_checkpoint_option(c) for c in checkpoint)
     settings = make_settings(db_url=db, broker_url=broker, models=models, chunk_size=chunk_size,
                              s3_endpoint_url=s3_endpoint_url, max_tags=max_tags, tag_threshold=tag_threshold)
     preset = pick_preset(models, tagger, settings.models)
@@ -77,9 +82,10 @@ def submit(
     broker_url = settings.broker_url.get_secret_value()
     with image_progress() as progress:
         listing = progress.add_task("listing", total=None)
-        job_id, created = prepare_job(factory, name=name, source=src, config=job_config(
-                                          preset, config, include=include, exclude=exclude,
-                                          s3_endpoint_url=settings.s3_endpoint_url),
+        cfg = job_config(preset, config, include=include, exclude=exclude, s3_endpoint_url=settings.s3_endpoint_url)
+        if checkpoints:  # jobs without fine-tuned weights keep the config they always had
+            cfg["checkpoints"] = dict(sorted(checkpoints.items()))
+        job_id, created = prepare_job(factory, name=name, source=src, config=cfg,
                                       models={"preset": preset.name, "random_weights": preset.random_weights},
                                       queue=queue_for(preset.name), on_listed=lambda n: progress.advance(listing, n))
         queued = progress.add_task("enqueue", total=None)
