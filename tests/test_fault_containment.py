@@ -337,15 +337,18 @@ def test_bad_checkpoint_options(value: str, message: str) -> None:
         "segmenter", {"uri": "s3://b/ft/sam.pth", "sha256": SHA})
 
 
-@pytest.mark.parametrize("matches", [True, False], ids=["sha256-matches", "sha256-mismatch"])
+@pytest.mark.parametrize("case", ["matches", "mismatch", "unloadable"])
 def test_fine_tuned_s3_checkpoint_is_verified_before_loading(tmp_path: Path, pg_url: str, s3_endpoint: str,
-                                                             lf_env: Path, matches: bool) -> None:
+                                                             lf_env: Path, case: str) -> None:
     import boto3
 
     from workers.models import resolve_model
 
     weights = resolve_model("gdino_tiny", "detector", Settings(model_dir=lf_env)).files["checkpoint"].read_bytes()
-    bucket = f"finetuned-{str(matches).lower()}"
+    if case == "unloadable":
+        weights = b"not a checkpoint at all"
+    matches = case != "mismatch"
+    bucket = f"finetuned-{case}"
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     s3.create_bucket(Bucket=bucket)
     s3.put_object(Bucket=bucket, Key="ft/gdino-ft.pth", Body=weights)
@@ -369,7 +372,10 @@ def test_fine_tuned_s3_checkpoint_is_verified_before_loading(tmp_path: Path, pg_
     with factory() as s:
         stages = s.get(Job, job_id).models.get("stages")  # type: ignore[union-attr]
     engine.dispose()
-    if matches:
+    if case == "unloadable":  # verified, but not loadable: the job's fault, the worker stays healthy
+        assert counts == {"failed": 2} and ctx.unhealthy is None
+        assert rows[0].error.startswith("cannot load the job's fine-tuned checkpoints for gdino_tiny/sam_tiny: ")
+    elif matches:
         assert counts == {"done": 2}
         assert {k: stages["detector"][k] for k in ("origin", "checkpoint_uri", "checkpoint_sha256")} == {
             "origin": "local", "checkpoint_uri": uri, "checkpoint_sha256": sha}

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from labelfleet.db import repository as repo
 from labelfleet.db.engine import make_engine, session_factory
 from labelfleet.db.models import Item, Job, JobState
-from labelfleet.errors import InfrastructureError, LabelfleetError, WorkerUnhealthy
+from labelfleet.errors import ConfigError, InfrastructureError, LabelfleetError, WorkerUnhealthy
 from labelfleet.models.catalog import Preset, get_preset
 from labelfleet.pipeline_config import PipelineConfig
 from labelfleet.settings import Settings
@@ -123,6 +123,8 @@ class WorkerContext:
                 except Exception as exc:
                     msg = exc.message if isinstance(exc, LabelfleetError) else f"{type(exc).__name__}: {exc}"
                     names = "/".join(filter(None, key[:3]))
+                    if shas:  # the job's own (verified) fine-tuned weights do not load: the job's fault
+                        raise ConfigError(f"cannot load the job's fine-tuned checkpoints for {names}: {msg}") from exc
                     raise WorkerUnhealthy(f"cannot load models {names}: {msg}") from exc
             self._models.move_to_end(key)
             return self._models[key]
