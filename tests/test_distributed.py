@@ -333,24 +333,50 @@ def _truncated_model_dir(model_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def test_worker_with_broken_models_exits_and_the_healthy_one_does_the_job(
-        cluster_factory: Any, s3_endpoint: str, redis_server: RedisServer, model_dir: Path, tmp_path: Path) -> None:
-    _bucket(s3_endpoint, "sick-worker", [f"{i:03d}.jpg" for i in range(40)])
+@pytest.mark.parametrize("sickness", ["broken-models", "device-fault"])
+def test_sick_worker_exits_and_the_healthy_one_does_the_job_uncharged(
+        cluster_factory: Any, s3_endpoint: str, redis_server: RedisServer, model_dir: Path, tmp_path: Path,
+        sickness: str) -> None:
+    """A worker whose models do not load (at start) or whose device faults (mid-task) exits non-zero."""
+    bucket = f"sick-{sickness}"
+    _bucket(s3_endpoint, bucket, [f"{i:03d}.jpg" for i in range(40)])
     c = cluster_factory(redis_server.url)
-    c.cli("submit", "s3://sick-worker", "--job", "sick", "--classes", "cat,dog", "--no-masks")
-    broken = c.worker("broken", LABELFLEET_MODEL_DIR=str(_truncated_model_dir(model_dir, tmp_path / "broken")))
+    c.cli("submit", f"s3://{bucket}", "--job", "sick", "--classes", "cat,dog", "--no-masks")
+    if sickness == "broken-models":
+        sick = c.worker("sick", LABELFLEET_MODEL_DIR=str(_truncated_model_dir(model_dir, tmp_path / "broken")))
+        reason = "cannot load models ram_plus_tiny/gdino_tiny/sam_tiny: cannot read GroundingDINO checkpoint"
+    else:
+        sick = c.worker("sick", LABELFLEET_TEST_FAULT="device_fault")  # RuntimeError("CUDA error: ...") in a task
+        reason = "device fault: RuntimeError: CUDA error: an illegal memory access was encountered"
+        wait_until(lambda: (c.health_dir("sick") / "ready").exists() or sick.poll() is not None, 300,
+                   "the sick worker to start first")
     c.worker("healthy")
     c.sweeper()
-    code = wait_until(lambda: broken.poll() is not None and [broken.returncode], 180, "the broken worker to exit")
-    assert code != [0], c.log("broken")
-    unhealthy = c.health_dir("broken") / "unhealthy"
-    assert "cannot load models" in unhealthy.read_text() and "GroundingDINO checkpoint" in unhealthy.read_text()
-    assert not (c.health_dir("broken") / "ready").exists()
+    code = wait_until(lambda: sick.poll() is not None and [sick.returncode], 300, "the sick worker to exit")
+    assert code == [1], c.log("sick")
+    assert (c.health_dir("sick") / "unhealthy").read_text().startswith(reason)
+    assert not (c.health_dir("sick") / "ready").exists() and f"worker unhealthy, it takes no more work and exits: " \
+        f"{reason}" in c.log("sick")
     summary = c.wait_done("sick")
     items = c.items()
     assert summary["done"] == 40 and (c.health_dir("healthy") / "ready").exists()
     assert {i.worker.split("@")[0] for i in items} == {"healthy"}
     assert {i.attempts for i in items} == {1}, [(i.id, i.attempts, i.error) for i in items if i.attempts != 1]
+    assert_invariant(c, summary)
+
+
+def test_out_of_memory_halves_the_batch_in_a_worker(cluster_factory: Any, s3_endpoint: str,
+                                                    redis_server: RedisServer) -> None:
+    _bucket(s3_endpoint, "oom", [f"{i:03d}.jpg" for i in range(12)])
+    c = cluster_factory(redis_server.url)
+    c.cli("submit", "s3://oom", "--job", "oom", "--classes", "cat,dog", "--no-masks")
+    c.worker("small-gpu", LABELFLEET_TEST_FAULT="oom_over:1")  # torch.OutOfMemoryError above 1 image per batch
+    c.sweeper()
+    summary = c.wait_done("oom")
+    assert summary["done"] == 12 and {i.attempts for i in c.items()} == {1}
+    log = c.log("small-gpu")
+    assert "out of memory on a batch of 4 images (OutOfMemoryError); retrying as batches of 2" in log
+    assert "out of memory on a batch of 2 images (OutOfMemoryError); retrying as batches of 1" in log
     assert_invariant(c, summary)
 
 

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from labelfleet.db import migrate
 from labelfleet.db import repository as repo
 from labelfleet.db.engine import make_engine, session_factory
-from labelfleet.db.models import Item, ItemStatus
+from labelfleet.db.models import Item, ItemStatus, Job
 from labelfleet.errors import (
     BadImageError,
     DatabaseUnavailable,
@@ -44,8 +44,9 @@ from orchestrator.sweeper import expire_leases
 from tests.imagegen import scene, write_scenes
 from tests.waiting import wait_until
 from workers.faults import ENV as FAULT_ENV
+from workers.leases import LeaseKeeper
 from workers.processing import classify_error, infrastructure_error, is_device_fault, is_out_of_memory
-from workers.service import LeaseKeeper, WorkerContext, run_chunk
+from workers.service import WorkerContext, run_chunk
 
 CONFIG = {"preset": "tiny-random", "tagger": None, "detector": "gdino_tiny", "segmenter": "sam_tiny",
           **PipelineConfig(classes=("cat", "dog"), segment=False).to_json()}
@@ -116,6 +117,11 @@ def test_out_of_memory_halves_the_batch_and_succeeds(job: Any, monkeypatch: pyte
     finally:
         ctx.close()
     assert [(r.status, r.attempts) for r in _items(factory)] == [(ItemStatus.DONE, 1)] * 6
+    with factory() as s:  # provenance: the files this worker actually loaded, recorded on the job
+        stages = s.get(Job, job_id).models["stages"]  # type: ignore[union-attr]
+    detector = Path(stages["detector"]["checkpoint"])
+    assert stages["tagger"] is None and stages["detector"]["key"] == "gdino_tiny"
+    assert stages["detector"]["checkpoint_sha256"] == hashlib.sha256(detector.read_bytes()).hexdigest()
     halvings = [r.getMessage() for r in caplog.records if "out of memory on a batch" in r.getMessage()]
     assert halvings[:2] == ["out of memory on a batch of 4 images (OutOfMemoryError); retrying as batches of 2",
                             "out of memory on a batch of 2 images (OutOfMemoryError); retrying as batches of 1"]
@@ -257,3 +263,154 @@ def test_object_overwritten_after_listing_records_the_bytes_labelled(pg_url: str
         row = s.execute(select(Item.etag, Item.sha256)).one()
     engine.dispose()
     assert listed != etag and (row.etag, row.sha256) == (etag, hashlib.sha256(new).hexdigest())
+
+
+def test_database_outage_during_a_chunk_charges_no_item(tmp_path: Path, pg_url: str, pg_admin_engine: Any,
+                                                        lf_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy import text
+
+    write_scenes(tmp_path / "imgs", 4)
+    engine = make_engine(pg_url)
+    migrate.upgrade(engine)
+    factory = session_factory(engine)
+    job_id, _ = prepare_job(factory, name="outage", source=open_source(str(tmp_path / "imgs")), config=CONFIG,
+                            models={}, queue="lf.tiny-random")
+    db = pg_url.rsplit("/", 1)[1]
+    monkeypatch.setenv(FAULT_ENV, "slow:4")  # the database goes away while the batch is in the models
+    ctx = WorkerContext(Settings(db_url=pg_url, model_dir=lf_env, device="cpu", batch_size=4))
+    ctx.preload("tiny-random")
+
+    def outage(allow: bool) -> None:
+        with pg_admin_engine.connect() as c:
+            c.execute(text(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS {str(allow).lower()}'))
+            if not allow:
+                c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"), {"d": db})
+
+    down = threading.Timer(1.5, outage, (False,))
+    back = threading.Timer(9.0, outage, (True,))
+    down.start()
+    back.start()
+    try:
+        with pytest.raises(DatabaseUnavailable, match="database unavailable: OperationalError"):
+            run_chunk(job_id, [1, 2, 3, 4], ctx=ctx)
+    finally:
+        down.cancel()
+        back.join()
+        ctx.close()
+    rows = _items(factory)
+    engine.dispose()
+    assert [(r.status, r.attempts, r.lease_owner) for r in rows] == [(ItemStatus.PENDING, 0, None)] * 4
+    assert all(r.error.startswith("given back, attempt not counted: database unavailable") for r in rows)
+
+
+def test_local_checkpoint_records_the_sha256_of_the_file_loaded(tmp_path: Path) -> None:
+    from workers.models import resolve_model
+
+    ckpt = tmp_path / "finetuned-sam.pth"
+    ckpt.write_bytes(b"fine-tuned weights")
+    res = resolve_model("sam_vit_b", "segmenter", Settings(model_dir=tmp_path / "cache"), checkpoint=ckpt,
+                        allow_download=False)
+    assert res.provenance() == {"key": "sam_vit_b", "origin": "local", "checkpoint": str(ckpt),
+                                "checkpoint_sha256": hashlib.sha256(b"fine-tuned weights").hexdigest()}
+
+
+SHA = "ab" * 32
+BAD_CHECKPOINTS = [
+    ("detector", "--checkpoint 'detector': expected STAGE=s3://bucket/key@SHA256 with STAGE one of tagger"),
+    ("backbone=s3://b/k.pth@" + SHA, "expected STAGE=s3://bucket/key@SHA256 with STAGE one of"),
+    ("detector=/local/k.pth@" + SHA, "the checkpoint must be an S3 object, s3://bucket/key@SHA256"),
+    ("detector=s3://b/@" + SHA, "the checkpoint must be an S3 object"),
+    ("detector=s3://b/k.pth", "the checkpoint must be an S3 object"),
+    ("detector=s3://b/k.pth@abc123", "'abc123' is not a sha256 (64 hex digits)"),
+]
+
+
+@pytest.mark.parametrize(("value", "message"), BAD_CHECKPOINTS, ids=[v for v, _ in BAD_CHECKPOINTS])
+def test_bad_checkpoint_options(value: str, message: str) -> None:
+    from labelfleet.errors import ConfigError
+    from labelfleet.models.finetuned import parse_checkpoint_option
+
+    with pytest.raises(ConfigError) as info:
+        parse_checkpoint_option(value)
+    assert message in info.value.message
+    assert parse_checkpoint_option(f"segmenter=s3://b/ft/sam.pth@{SHA.upper()}") == (
+        "segmenter", {"uri": "s3://b/ft/sam.pth", "sha256": SHA})
+
+
+@pytest.mark.parametrize("case", ["matches", "mismatch", "unloadable"])
+def test_fine_tuned_s3_checkpoint_is_verified_before_loading(tmp_path: Path, pg_url: str, s3_endpoint: str,
+                                                             lf_env: Path, case: str) -> None:
+    import boto3
+
+    from workers.models import resolve_model
+
+    weights = resolve_model("gdino_tiny", "detector", Settings(model_dir=lf_env)).files["checkpoint"].read_bytes()
+    if case == "unloadable":
+        weights = b"not a checkpoint at all"
+    matches = case != "mismatch"
+    bucket = f"finetuned-{case}"
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="ft/gdino-ft.pth", Body=weights)
+    sha = hashlib.sha256(weights).hexdigest() if matches else "0" * 64
+    write_scenes(tmp_path / "imgs", 2)
+    engine = make_engine(pg_url)
+    migrate.upgrade(engine)
+    factory = session_factory(engine)
+    uri = f"s3://{bucket}/ft/gdino-ft.pth"
+    config = {**CONFIG, "s3_endpoint_url": s3_endpoint, "checkpoints": {"detector": {"uri": uri, "sha256": sha}}}
+    job_id, _ = prepare_job(factory, name="ft", source=open_source(str(tmp_path / "imgs")), config=config,
+                            models={}, queue="lf.tiny-random")
+    cache = tmp_path / "worker-cache"
+    shutil.copytree(lf_env / "tiny-random", cache / "tiny-random")
+    ctx = WorkerContext(Settings(db_url=pg_url, model_dir=cache, device="cpu"))
+    try:
+        counts = run_chunk(job_id, [1, 2], ctx=ctx)
+    finally:
+        ctx.close()
+    rows = _items(factory)
+    with factory() as s:
+        stages = s.get(Job, job_id).models.get("stages")  # type: ignore[union-attr]
+    engine.dispose()
+    if case == "unloadable":  # verified, but not loadable: the job's fault, the worker stays healthy
+        assert counts == {"failed": 2} and ctx.unhealthy is None
+        assert rows[0].error.startswith("cannot load the job's fine-tuned checkpoints for gdino_tiny/sam_tiny: ")
+    elif matches:
+        assert counts == {"done": 2}
+        assert {k: stages["detector"][k] for k in ("origin", "checkpoint_uri", "checkpoint_sha256")} == {
+            "origin": "local", "checkpoint_uri": uri, "checkpoint_sha256": sha}
+        assert (cache / "checkpoints" / sha / "gdino-ft.pth").read_bytes() == weights
+    else:
+        assert counts == {"failed": 2} and stages is None
+        assert list((cache / "checkpoints" / sha).iterdir()) == []  # nothing unverified is kept
+        assert rows[0].error == (f"checkpoint {uri} has sha256 {hashlib.sha256(weights).hexdigest()}, but the job "
+                                 f"names {sha}: refusing to load it")
+        assert ctx.unhealthy is None  # the job's fault, not the worker's
+
+
+def test_submit_records_fine_tuned_checkpoints_on_the_job(tmp_path: Path, sqlite_url: str) -> None:
+    import redis
+    from typer.testing import CliRunner
+
+    from labelfleet.cli import app
+    from labelfleet.errors import ConfigError
+    from tests.conftest import REDIS_URL, service_missing
+
+    broker = REDIS_URL.rsplit("/", 1)[0] + "/9"
+    try:
+        redis.Redis.from_url(broker).ping()
+    except Exception as exc:
+        service_missing("Redis at " + broker, exc)
+    write_scenes(tmp_path / "imgs", 2)
+    args = ["submit", str(tmp_path / "imgs"), "--db", sqlite_url, "--broker", broker, "--job", "ft-cli",
+            "--models", "tiny-random", "--classes", "cat"]
+    bad = CliRunner().invoke(app, [*args, "--checkpoint", "detector=s3://b/k.pth@nothex"])
+    assert isinstance(bad.exception, ConfigError) and "is not a sha256" in bad.exception.message
+    ok = CliRunner().invoke(app, [*args, "--checkpoint", f"detector=s3://b/ft/gdino.pth@{SHA}"],
+                            catch_exceptions=False)
+    assert ok.exit_code == 0, ok.output
+    engine = make_engine(sqlite_url)
+    with session_factory(engine)() as s:
+        config = repo.get_job(s, "ft-cli").config
+    engine.dispose()
+    assert config["checkpoints"] == {"detector": {"uri": "s3://b/ft/gdino.pth", "sha256": SHA}}

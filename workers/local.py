@@ -12,7 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from labelfleet.db import repository as repo
 from labelfleet.db.models import Job, JobState
+from labelfleet.errors import InfrastructureError
 from labelfleet.settings import Settings
+from workers.leases import LeaseKeeper
 from workers.processing import ItemProcessor, ProcessStats
 
 logger = logging.getLogger(__name__)
@@ -61,9 +63,10 @@ def run_local(factory: sessionmaker[Session], job_id: int, processor: ItemProces
         if not ids:
             break
         try:
-            stats = processor.process(ids)
+            with LeaseKeeper(factory, ids, processor.owner, settings.lease_seconds):
+                stats = processor.process(ids)
         except BaseException as exc:
-            refund = isinstance(exc, KeyboardInterrupt | SystemExit)
+            refund = isinstance(exc, KeyboardInterrupt | SystemExit | InfrastructureError)  # not the items' fault
             with factory() as s:
                 n = repo.release_items(s, ids, processor.owner, refund=refund, max_attempts=settings.max_attempts,
                                        reason=f"{type(exc).__name__}: {exc}")

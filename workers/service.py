@@ -19,8 +19,8 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from types import TracebackType
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -30,19 +30,23 @@ from sqlalchemy.orm import Session, sessionmaker
 from labelfleet.db import repository as repo
 from labelfleet.db.engine import make_engine, session_factory
 from labelfleet.db.models import Item, Job, JobState
-from labelfleet.errors import InfrastructureError, LabelfleetError, WorkerUnhealthy
+from labelfleet.errors import ConfigError, InfrastructureError, LabelfleetError, WorkerUnhealthy
 from labelfleet.models.catalog import Preset, get_preset
 from labelfleet.pipeline_config import PipelineConfig
 from labelfleet.settings import Settings
 from labelfleet.storage import Source, open_source
 from workers import faults
+from workers.checkpoints import fetch_checkpoint
+from workers.leases import LeaseKeeper
 from workers.models import LoadedModels, build_stages, free_accelerator_memory, pipeline_from
 from workers.pipeline import Pipeline
 from workers.processing import TIME_LIMIT_ERRORS, ItemProcessor, classify_error, infrastructure_error
 
 logger = logging.getLogger(__name__)
 #: Job-config keys that are not pipeline settings.
-_JOB_KEYS = ("preset", "tagger", "detector", "segmenter", "s3_endpoint_url", "include", "exclude")
+_JOB_KEYS = ("preset", "tagger", "detector", "segmenter", "s3_endpoint_url", "include", "exclude", "checkpoints")
+#: Cache key of loaded models: (tagger or None, detector, segmenter, ((stage, checkpoint sha256), ...)).
+_ModelKey = tuple[str | None, str, str, tuple[tuple[str, str], ...]]
 
 
 class WorkerContext:
@@ -59,7 +63,7 @@ class WorkerContext:
         self.settings = settings or Settings()
         self.engine: Engine = make_engine(self.settings.db_url.get_secret_value())
         self.factory: sessionmaker[Session] = session_factory(self.engine)
-        self._models: OrderedDict[tuple[str | None, str, str], LoadedModels] = OrderedDict()
+        self._models: OrderedDict[_ModelKey, LoadedModels] = OrderedDict()
         self._sources: dict[tuple[str, str | None], Source] = {}
         self._lock = threading.Lock()
         self._provenance_recorded: set[int] = set()
@@ -84,20 +88,30 @@ class WorkerContext:
     def models_for(self, config: dict[str, Any]) -> tuple[LoadedModels, PipelineConfig]:
         """The loaded models and pipeline settings of a job configuration.
 
-        A bad configuration raises :class:`~labelfleet.errors.ConfigError` (the
-        job's fault); models that cannot be loaded raise :class:`WorkerUnhealthy`.
+        A bad configuration, or a fine-tuned checkpoint (``config["checkpoints"]``:
+        stage -> ``{"uri": "s3://...", "sha256": ...}``) whose bytes do not match,
+        raises a :class:`~labelfleet.errors.PermanentError` (the job's fault);
+        models that cannot be loaded raise :class:`WorkerUnhealthy`.
         """
         preset = get_preset(config["preset"]).with_overrides(
             tagger=config.get("tagger"), detector=config.get("detector"), segmenter=config.get("segmenter"))
         pcfg = PipelineConfig.from_json({k: v for k, v in config.items() if k not in _JOB_KEYS})
-        return self._loaded(preset, pcfg), pcfg
+        named = {k: v for k, v in (config.get("checkpoints") or {}).items() if pcfg.automatic or k != "tagger"}
+        paths = {stage: fetch_checkpoint(c["uri"], c["sha256"], self.settings.model_path,
+                                         endpoint_url=config.get("s3_endpoint_url") or self.settings.s3_endpoint_url)
+                 for stage, c in sorted(named.items())}
+        loaded = self._loaded(preset, pcfg, paths, tuple((k, v["sha256"]) for k, v in sorted(named.items())))
+        for stage, c in named.items():
+            loaded.provenance[stage]["checkpoint_uri"] = c["uri"]
+        return loaded, pcfg
 
-    def _loaded(self, preset: Preset, pcfg: PipelineConfig) -> LoadedModels:
+    def _loaded(self, preset: Preset, pcfg: PipelineConfig, checkpoints: dict[str, Path] | None = None,
+                shas: tuple[tuple[str, str], ...] = ()) -> LoadedModels:
         with self._lock:
-            key = next((k for k in reversed(self._models) if k[1:] == (preset.detector, preset.segmenter)
+            key = next((k for k in reversed(self._models) if k[1:] == (preset.detector, preset.segmenter, shas)
                         and (not pcfg.automatic or k[0] == preset.tagger)), None)
             if key is None:
-                key = (preset.tagger if pcfg.automatic else None, preset.detector, preset.segmenter)
+                key = (preset.tagger if pcfg.automatic else None, preset.detector, preset.segmenter, shas)
                 while len(self._models) >= self.MAX_MODEL_SETS:
                     self._models.popitem(last=False)
                     free_accelerator_memory()
@@ -105,10 +119,13 @@ class WorkerContext:
                 shared = dataclasses.replace(pcfg, tag_threshold=None)  # per-job thresholds go on copies
                 try:
                     self._models[key] = build_stages(preset, self.settings, automatic=pcfg.automatic,
-                                                     config=shared)
+                                                     config=shared, checkpoints=dict(checkpoints or {}))
                 except Exception as exc:
                     msg = exc.message if isinstance(exc, LabelfleetError) else f"{type(exc).__name__}: {exc}"
-                    raise WorkerUnhealthy(f"cannot load models {'/'.join(filter(None, key))}: {msg}") from exc
+                    names = "/".join(filter(None, key[:3]))
+                    if shas:  # the job's own (verified) fine-tuned weights do not load: the job's fault
+                        raise ConfigError(f"cannot load the job's fine-tuned checkpoints for {names}: {msg}") from exc
+                    raise WorkerUnhealthy(f"cannot load models {names}: {msg}") from exc
             self._models.move_to_end(key)
             return self._models[key]
 
@@ -226,47 +243,6 @@ def _claim(ctx: WorkerContext, job_id: int, item_ids: list[int], owner: str
         ids = repo.claim_items(s, job_id, owner, limit=len(item_ids), lease_seconds=ctx.settings.lease_seconds,
                                item_ids=item_ids)
     return (config, source_uri, ids) if ids else None
-
-
-class LeaseKeeper:
-    """Heartbeat: renews the leases ``owner`` holds on ``ids`` every ``lease_seconds / 4`` until the block ends.
-
-    Renewal is conditional on the lease owner (:func:`repository.renew_leases`),
-    so items another worker took over are never taken back. A failed renewal
-    (database down) is retried every few seconds.
-    """
-
-    def __init__(self, factory: sessionmaker[Session], ids: Sequence[int], owner: str, lease_seconds: int,
-                 every_s: float | None = None) -> None:
-        self.factory, self.ids, self.owner, self.lease_seconds = factory, list(ids), owner, lease_seconds
-        self.every_s = every_s if every_s is not None else max(lease_seconds / 4, 1.0)
-        self.renewals = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lf-lease", daemon=True)
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        wait = self.every_s
-        while not self._stop.wait(wait):
-            try:
-                with self.factory() as s:
-                    held = repo.renew_leases(s, self.ids, self.owner, lease_seconds=self.lease_seconds)
-            except Exception as exc:
-                logger.warning("cannot renew leases of %d items (%s); retrying", len(self.ids), type(exc).__name__)
-                wait = min(self.every_s, 2.0)
-                continue
-            self.renewals += 1
-            if held == 0:
-                return  # every item finished, released or taken over
-            wait = self.every_s
 
 
 def _fail_claimed(ctx: WorkerContext, ids: list[int], owner: str, exc: LabelfleetError) -> dict[str, int]:

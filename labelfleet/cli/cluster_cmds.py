@@ -62,6 +62,9 @@ def submit(
                                  "modification time) changed since they were listed."),
     include_hidden: bool = typer.Option(False, "--include-hidden", help="Also list hidden keys (a path part "
                                         "starting with '.'), skipped by default."),
+    checkpoint: list[str] = typer.Option([], "--checkpoint", help="Fine-tuned weights for a stage, "
+                                         "STAGE=s3://bucket/key.pth@SHA256 (repeatable); workers verify the "
+                                         "sha256 before loading and refuse a mismatch."),
 ) -> None:
     """Record a job and its items in --db, then enqueue them in chunks for the workers.
 
@@ -69,11 +72,13 @@ def submit(
     --changed also changed ones); nothing is added twice; an interrupted listing resumes.
     """
     from labelfleet.cli.label_cmds import job_config, pick_preset, pipeline_config, print_listing
+    from labelfleet.models.finetuned import parse_checkpoint_option
     from labelfleet.storage import open_source
     from labelfleet.tasknames import queue_for
     from orchestrator.dispatch import enqueue_pending
     from orchestrator.jobs import default_job_name, list_job
 
+    checkpoints = dict(parse_checkpoint_option(c) for c in checkpoint)
     settings = make_settings(db_url=db, broker_url=broker, models=models, chunk_size=chunk_size,
                              s3_endpoint_url=s3_endpoint_url, max_tags=max_tags, tag_threshold=tag_threshold)
     preset = pick_preset(models, tagger, settings.models)
@@ -85,9 +90,11 @@ def submit(
     broker_url = settings.broker_url.get_secret_value()
     with image_progress() as progress:
         listing_task = progress.add_task("listing", total=None)
-        listing = list_job(factory, name=name, source=src, config=job_config(
-                               preset, config, include=include, exclude=exclude,
-                               s3_endpoint_url=settings.s3_endpoint_url, include_hidden=include_hidden),
+        cfg = job_config(preset, config, include=include, exclude=exclude, s3_endpoint_url=settings.s3_endpoint_url,
+                         include_hidden=include_hidden)
+        if checkpoints:  # jobs without fine-tuned weights keep the config they always had
+            cfg["checkpoints"] = dict(sorted(checkpoints.items()))
+        listing = list_job(factory, name=name, source=src, config=cfg,
                            models={"preset": preset.name, "random_weights": preset.random_weights},
                            queue=queue_for(preset.name), changed=changed,
                            on_listed=lambda n: progress.advance(listing_task, n))
