@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
-
 from alembic import op
 
 revision: str = "0003"
@@ -98,10 +97,11 @@ def _runs_for_jobs() -> dict[int, int]:
     """Run 1 for every job; returns job id -> run id."""
     conn = op.get_bind()
     jobs, runs = _table("jobs"), _table("label_runs")
-    out = {}
+    out: dict[int, int] = {}
     for job_id, models, config in conn.execute(sa.select(jobs.c.id, jobs.c.models, jobs.c.config)).all():
         conn.execute(runs.insert().values(job_id=job_id, number=1, models=models or {}, config=config or {}))
-        out[job_id] = conn.execute(sa.select(runs.c.id).where(runs.c.job_id == job_id, runs.c.number == 1)).scalar()
+        out[job_id] = int(conn.execute(sa.select(runs.c.id).where(runs.c.job_id == job_id,
+                                                                  runs.c.number == 1)).scalar_one())
     return out
 
 
