@@ -6,7 +6,7 @@
 Each size runs in its own interpreter (peak RSS = ``ru_maxrss`` of that process): decode a JPEG of
 that size (``labelfleet.images.decode_image``), run the pipeline (GroundingDINO with ``num_queries``
 = detections, box threshold 0 and NMS IoU 1.0 so every query is kept, then SAM), and build the DB
-rows (``labelfleet_to_rows``). Prints RSS after model load, peak RSS, detections and mask bytes per
+rows (``workers.processing.labels_to_rows``). Prints RSS after model load, peak RSS, detections and mask bytes per
 detection. Labels from random weights are meaningless; only memory is measured.
 """
 
