@@ -2,11 +2,12 @@
 
     python -m benchmarks.memory                      # 1, 12 and 48 MP, each in a fresh process
     python -m benchmarks.memory --megapixels 1,48 --detections 100 --json out.json
+    python -m benchmarks.memory --sam sam_vit_b --megapixels 1 --detections 300   # SAM alone, full size
 
 Each size runs in its own interpreter (peak RSS = ``ru_maxrss`` of that process): decode a JPEG of
 that size (``labelfleet.images.decode_image``), run the pipeline (GroundingDINO with ``num_queries``
 = detections, box threshold 0 and NMS IoU 1.0 so every query is kept, then SAM), and build the DB
-rows (``labelfleet_to_rows``). Prints RSS after model load, peak RSS, detections and mask bytes per
+rows (``workers.processing.labels_to_rows``). Prints RSS after model load, peak RSS, detections and mask bytes per
 detection. Labels from random weights are meaningless; only memory is measured.
 """
 
@@ -80,13 +81,36 @@ def child(photo: Path, detections: int, files: dict[str, str]) -> dict[str, Any]
             "mask_bytes_max": max(masks, default=0)}
 
 
-def measure(megapixels: float, detections: int, workdir: Path, files: dict[str, str]) -> dict[str, Any]:
+def sam_child(photo: Path, boxes: int, key: str) -> dict[str, Any]:
+    """SAM alone (``key``, random init) on one photo with ``boxes`` random box prompts (``--sam``)."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("LABELFLEET_TORCH_THREADS", "1")))
+    from labelfleet.images import decode_image
+    from workers.stages.registry import build_segmenter
+
+    seg = build_segmenter(key, checkpoint=None, device="cpu")
+    loaded = _rss_mb()
+    image = decode_image(photo.read_bytes(), max_pixels=200_000_000).array
+    h, w = image.shape[:2]
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 1, (boxes, 2)) * [w * 0.8, h * 0.8]
+    xyxy = np.concatenate([xy, xy + rng.uniform(0.05, 0.5, (boxes, 2)) * [w, h]], axis=1).astype(np.float32)
+    records = seg.segment_boxes([image], [xyxy])[0]
+    sizes = [len(json.dumps(r)) for r in records]
+    return {"width": w, "height": h, "detections": len(records), "rss_after_load_mb": round(loaded, 1),
+            "peak_rss_mb": round(_peak_mb(), 1), "mask_bytes_mean": round(float(np.mean(sizes)), 1),
+            "mask_bytes_max": max(sizes)}
+
+
+def measure(megapixels: float, detections: int, workdir: Path, files: dict[str, str],
+            sam: str | None = None) -> dict[str, Any]:
     """Write a photo and measure it in a fresh interpreter."""
     photo = workdir / f"photo_{megapixels:g}mp.jpg"
     if not photo.exists():
         write_photo(photo, megapixels)
     cmd = [sys.executable, "-m", "benchmarks.memory", "--child", str(photo), "--detections", str(detections),
-           "--files", json.dumps(files)]
+           "--files", json.dumps(files)] + (["--sam", sam] if sam else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ})
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     result["megapixels"] = megapixels
@@ -106,15 +130,20 @@ def main() -> None:
     ap.add_argument("--megapixels", default="1,12,48")
     ap.add_argument("--detections", type=int, default=100)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--sam", default=None, help="measure SAM alone with this segmenter key (e.g. sam_vit_b)")
     ap.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--files", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
-        print(json.dumps(child(args.child, args.detections, json.loads(args.files))))
+        if args.sam:
+            print(json.dumps(sam_child(args.child, args.detections, args.sam)))
+        else:
+            print(json.dumps(child(args.child, args.detections, json.loads(args.files))))
         return
     with tempfile.TemporaryDirectory(prefix="lf-mem-") as tmp:
-        files = tiny_files(Path(tmp))
-        results = [measure(float(mp), args.detections, Path(tmp), files) for mp in args.megapixels.split(",")]
+        files = {} if args.sam else tiny_files(Path(tmp))
+        results = [measure(float(mp), args.detections, Path(tmp), files, args.sam)
+                   for mp in args.megapixels.split(",")]
     base = results[0]["peak_rss_mb"]
     for r in results:
         print(f"{r['megapixels']:>5g} MP ({r['width']}x{r['height']}): {r['detections']} detections, "

@@ -123,6 +123,7 @@ class Meter:
         self.seconds: dict[str, float] = {}
         self.peak_rss_mb: dict[str, float] = {}
         self.cuda_max_mb: dict[str, float] = {}
+        self.rounds: list[dict[str, float]] = []  # seconds per mode, one dict per interleaved round
 
     def run(self, mode: str, fn: Callable[[], Any]) -> Any:
         import torch
@@ -136,7 +137,11 @@ class Meter:
         if self.cuda:
             torch.cuda.synchronize()
             self.cuda_max_mb[mode] = max(self.cuda_max_mb.get(mode, 0.0), torch.cuda.max_memory_allocated() / 2**20)
-        self.seconds[mode] = self.seconds.get(mode, 0.0) + time.perf_counter() - t0
+        took = time.perf_counter() - t0
+        self.seconds[mode] = self.seconds.get(mode, 0.0) + took
+        if not self.rounds or mode in self.rounds[-1]:
+            self.rounds.append({})
+        self.rounds[-1][mode] = took
         self.peak_rss_mb[mode] = max(self.peak_rss_mb.get(mode, 0.0), _hwm_mb())
         return out
 
@@ -345,6 +350,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "model_only_img_s": round(rate["model_only"], 3),
             "pipeline_vs_naive": round(rate["pipeline"] / rate["naive"], 3),
             "pipeline_vs_model_only": round(rate["pipeline"] / rate["model_only"], 3),
+            # per interleaved round (the same neighbours' load for the three modes); the median is the robust figure
+            "round_ratios": [{"pipeline_vs_naive": round(r["naive"] / r["pipeline"], 3),
+                              "pipeline_vs_model_only": round(r["model_only"] / r["pipeline"], 3)}
+                             for r in meter.rounds],
+            "median_pipeline_vs_naive": round(float(np.median([r["naive"] / r["pipeline"] for r in meter.rounds])), 3),
+            "median_pipeline_vs_model_only": round(float(np.median(
+                [r["model_only"] / r["pipeline"] for r in meter.rounds])), 3),
             "overhead_ms_per_img": round(1000 * (1 / rate["pipeline"] - 1 / rate["model_only"]), 2),
             "peak_rss_mb": round(max(meter.peak_rss_mb.values()), 1),
             "peak_rss_mb_by_mode": {k: round(v, 1) for k, v in meter.peak_rss_mb.items()},
@@ -378,6 +390,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"pipeline   {result['pipeline_img_s']:8.2f} img/s   {result['pipeline_vs_naive']:.2f}x naive, "
           f"{result['pipeline_vs_model_only']:.2f}x model-only, overhead {result['overhead_ms_per_img']:.1f} ms/img")
     print(f"model-only {result['model_only_img_s']:8.2f} img/s")
+    print(f"median over {len(result['round_ratios'])} interleaved rounds: pipeline "
+          f"{result['median_pipeline_vs_naive']:.2f}x naive, {result['median_pipeline_vs_model_only']:.2f}x model-only")
     print("stages (ms/img): " + ", ".join(f"{k} {v}" for k, v in result["stage_ms"].items()))
     print(f"peak RSS {result['peak_rss_mb']:.0f} MB {result['peak_rss_mb_by_mode']}; "
           f"CUDA max allocated {result['cuda_max_allocated_mb'] or 'n/a'}")

@@ -77,3 +77,24 @@ def test_nms_on_unclipped_boxes_like_the_demo(nms_iou: float) -> None:
                      iou_threshold=nms_iou, size=det.image_size, max_size=det.max_size)
     assert len(ours) == len(ref.xyxy) > 0
     np.testing.assert_allclose(ours.xyxy, ref.xyxy, atol=1.0)  # unclipped, in the same score order
+
+
+@pytest.mark.parametrize("hw", [(12, 20), (5, 300), (240, 320)])
+def test_stored_labels_lie_in_the_image_frame(hw: tuple[int, int]) -> None:
+    """Boxes are clipped when stored; mask records (also of images padded for the models) are in the image frame."""
+    from workers.processing import labels_to_rows
+
+    h, w = hw
+    pipe = pipeline()
+    det = pipe.detector
+    low = Pipeline(PipelineConfig(classes=tuple(CLASSES), box_threshold=0.05, nms_iou=0.9),
+                   type(det)(det.model, device="cpu", box_threshold=0.05, nms_iou=0.9, image_size=det.image_size,
+                             max_size=det.max_size), pipe.segmenter)
+    labels = low.run([synthetic_image(h, w, 11)])[0]
+    d = labels.detections
+    assert len(d) > 0 and d.mask is not None
+    assert np.all(d.xyxy >= 0) and np.all(d.xyxy[:, [0, 2]] <= w) and np.all(d.xyxy[:, [1, 3]] <= h)
+    rows = labels_to_rows(labels).detections
+    for rec, row in zip(d.mask, rows, strict=True):
+        full = mask_record_full(rec)
+        assert full.shape == (h, w) and row["mask"] is rec and row["area"] == int(full.sum())

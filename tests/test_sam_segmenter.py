@@ -60,10 +60,11 @@ def test_segment_boxes_records_equal_predictor() -> None:
     # small frames are resized whole, one mask at a time: bit-identical to SamPredictor
     np.testing.assert_array_equal(full_masks(out[0]), predictor_masks(images[0], BOXES))
     np.testing.assert_array_equal(full_masks(out[1]), predictor_masks(images[1], BOXES[:1] / 4))
-    for rec in out[0]:  # each record holds its mask's tight extent, not the frame
+    for rec in out[0]:  # each record holds its mask's extent (plus a pixel or two), not the frame
         crop, _, _ = mask_record_crop(rec)
-        if crop.size:
-            assert crop[0].any() and crop[-1].any() and crop[:, 0].any() and crop[:, -1].any()
+        ys, xs = np.nonzero(crop)
+        if ys.size:
+            assert ys.min() <= 3 and xs.min() <= 3 and crop.shape[0] - ys.max() <= 4 and crop.shape[1] - xs.max() <= 4
 
 
 def test_large_frame_chunks_and_strips_equal_predictor() -> None:

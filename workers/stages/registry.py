@@ -42,9 +42,14 @@ def _check_file(checkpoint: Path) -> Path:
 
 
 # ------------------------------------------------------------------ detectors
+#: Gradient checkpointing only matters for training; off, inference is the same math without the
+#: per-block re-entry overhead and warnings (same parameters and keys).
+INFERENCE_OVERRIDES = {"use_checkpoint": False, "use_transformer_ckpt": False}
+
+
 def _gdino(config_name: str) -> Callable[[Path | None, Path], torch.nn.Module]:
     def build(checkpoint: Path | None, text_encoder_dir: Path) -> torch.nn.Module:
-        model = build_gdino_model(config_path(config_name), text_encoder_dir)
+        model = build_gdino_model(config_path(config_name), text_encoder_dir, INFERENCE_OVERRIDES)
         if checkpoint is not None:
             load_gdino_checkpoint(model, _check_file(checkpoint))
         return model

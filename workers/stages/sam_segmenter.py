@@ -86,7 +86,12 @@ def _tight(mask: torch.Tensor, x0: int, y0: int) -> tuple[BoolArray, int, int]:
         return np.zeros((0, 0), bool), 0, 0
     xs = torch.nonzero(mask.any(dim=0)).flatten()
     y_lo, y_hi, x_lo, x_hi = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
-    return mask[y_lo:y_hi, x_lo:x_hi].cpu().numpy(), x0 + x_lo, y0 + y_lo
+    return _to_host(mask[y_lo:y_hi, x_lo:x_hi]), x0 + x_lo, y0 + y_lo
+
+
+def _to_host(mask: torch.Tensor) -> BoolArray:
+    """A ``(h, w)`` bool device tensor as a Fortran-ordered host array (what COCO RLE encoding reads)."""
+    return mask.t().contiguous().cpu().numpy().T
 
 
 def _check_image(image: RGBImage) -> None:
@@ -207,13 +212,15 @@ class SamSegmenter:
 
         The first upscale (to the encoder's ``img_size`` square, then the crop to
         ``input_size``) is exactly ``Sam.postprocess_masks``' and is bounded by the
-        model input size. The second (to the photo's size) runs one mask at a
-        time: whole for frames up to ``strip_pixels`` (bit-identical to
-        ``postprocess_masks``); for larger frames only in the window where a pixel
-        can pass ``mask_threshold`` (bilinear weights are convex, so such a pixel
-        needs a positive input neighbour), in row strips, equal to
-        ``postprocess_masks`` up to float rounding (|diff| < 1e-4 in logits).
-        Each mask is cropped to its tight extent before it leaves the device and
+        model input size. Each mask's *window* is where a pixel can pass
+        ``mask_threshold`` (bilinear weights are convex, so such a pixel needs a
+        positive input neighbour): its extent plus a pixel or two. The second
+        upscale (to the photo's size) is done whole for frames up to
+        ``strip_pixels`` (``strip_pixels // (H*W)`` masks per call, bit-identical
+        to ``postprocess_masks``), and the window is kept; for larger frames it
+        is computed only inside the window, in row strips (equal to
+        ``postprocess_masks`` up to float rounding, |diff| < 1e-4 in logits),
+        and cropped to the mask's tight extent. Only the crop leaves the device,
         RLE-encoded at once. Masks are not clipped to their box (the demo's are not).
         """
         size = self.img_size
@@ -222,23 +229,27 @@ class SamSegmenter:
         thr = float(self.model.mask_threshold)
         h, w = prep.original_size
         ph, pw = prep.padded_size
-        if ph * pw <= self.strip_pixels:  # small frame: one bounded resize per mask, as postprocess_masks
-            out = []
-            for k in range(up.shape[0]):
-                full = torch.nn.functional.interpolate(up[k : k + 1, None], (ph, pw), mode="bilinear",
-                                                       align_corners=False)[0, 0, :h, :w] > thr
-                crop, x0, y0 = _tight(full, 0, 0)
-                out.append(encode_mask_record(crop, x0, y0, (h, w)))
-            return out
-        rows_idx = _source_index(prep.padded_size[0], up.shape[1], up.device)
-        cols_idx = _source_index(prep.padded_size[1], up.shape[2], up.device)
+        rows_idx = _source_index(ph, up.shape[1], up.device)
+        cols_idx = _source_index(pw, up.shape[2], up.device)
         hot = up > thr - 1e-3
         any_rows, any_cols = hot.any(dim=2), hot.any(dim=1)
+        windows = [(_window(any_rows[k], rows_idx, h), _window(any_cols[k], cols_idx, w)) for k in range(len(up))]
+        empty = np.zeros((0, 0), bool)
         out = []
-        for k in range(up.shape[0]):
-            rows = _window(any_rows[k], rows_idx, h)
-            cols = _window(any_cols[k], cols_idx, w)
-            crop, x0, y0 = np.zeros((0, 0), bool), 0, 0
+        if ph * pw <= self.strip_pixels:  # small frame: resized whole, as postprocess_masks, a few masks at once
+            per = max(1, self.strip_pixels // (ph * pw))
+            for start in range(0, len(up), per):
+                full = torch.nn.functional.interpolate(up[start : start + per, None], (ph, pw), mode="bilinear",
+                                                       align_corners=False)[:, 0]
+                for j, (rows, cols) in enumerate(windows[start : start + per]):
+                    if rows is None or cols is None:
+                        out.append(encode_mask_record(empty, 0, 0, (h, w)))
+                        continue
+                    crop = _to_host(full[j, rows[0] : rows[1], cols[0] : cols[1]] > thr)
+                    out.append(encode_mask_record(crop, cols[0], rows[0], (h, w)))
+            return out
+        for k, (rows, cols) in enumerate(windows):
+            crop, x0, y0 = empty, 0, 0
             if rows is not None and cols is not None:
                 crop, x0, y0 = self._window_mask(up[k], rows_idx, cols_idx, rows, cols, thr)
             out.append(encode_mask_record(crop, x0, y0, (h, w)))
