@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from labelfleet.db.edit_queries import edit_outputs
 from labelfleet.db.models import EditOutput, EditReview, Item, Job
-from labelfleet.masks import encode_rle, mask_record_full
+from labelfleet.masks import mask_record_full
 from labelfleet.storage import open_source
 from labelfleet.storage.dest import open_destination
 from orchestrator.review import ACCEPT_TAG, REJECT_TAG, dataset_name, import_fiftyone
@@ -64,11 +64,9 @@ def _caches(job: Job, media_root: Path) -> tuple[MediaCache, MediaCache]:
 
 
 def _fo_row(row: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    """A detection row for :func:`to_fo_detection`, its mask record as full-frame RLE (which it reads
-    today), no review mirror (carried labels are the edit job's own)."""
-    mask = row.get("mask")
-    return {**row, "review_status": None, **changes,
-            "mask": encode_rle(mask_record_full(mask)) if mask else None}
+    """A detection row for :func:`to_fo_detection` (which reads any mask record), no review mirror
+    (carried labels are the edit job's own)."""
+    return {**row, "review_status": None, **changes}
 
 
 def _mask_png(folder: Path, out: EditOutput) -> Path:
