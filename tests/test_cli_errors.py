@@ -100,8 +100,8 @@ CASES = {
          "--segmenter-checkpoint", "{gdino}"], r"^error: SAM checkpoint .*gdino_tiny\.pth does not match the model",
         setup="models"),
     "invalid setting": Case(
-        ["status", "x"], r"^error: settings: lease_seconds \(100\) must be above task_hard_time_limit",
-        env={"LABELFLEET_LEASE_SECONDS": "100", "LABELFLEET_DB_URL": f"postgresql://lf:{PLANTED}@h/x"}),
+        ["status", "x"], r"^error: settings: task_soft_time_limit must be below task_hard_time_limit",
+        env={"LABELFLEET_TASK_SOFT_TIME_LIMIT": "2000", "LABELFLEET_DB_URL": f"postgresql://lf:{PLANTED}@h/x"}),
     "invalid setting value": Case(
         ["jobs"], r"^error: setting batch_size \(env LABELFLEET_BATCH_SIZE\): .*greater than or equal to 1",
         env={"LABELFLEET_BATCH_SIZE": "0", "LABELFLEET_DB_URL": f"postgresql://lf:{PLANTED}@h/x"}),
@@ -224,7 +224,7 @@ def test_planted_secrets_never_appear_in_any_output(tmp_path: Path, folder: Path
     db_pw, broker_pw = PLANTED + "db", PLANTED + "broker"
     bad_db = {"LABELFLEET_DB_URL": f"postgresql://lfuser:{db_pw}@127.0.0.1:1/labels",
               "LABELFLEET_BROKER_URL": f"redis://:{broker_pw}@127.0.0.1:1/0"}
-    invalid = {**bad_db, "LABELFLEET_LEASE_SECONDS": "100"}
+    invalid = {**bad_db, "LABELFLEET_TASK_SOFT_TIME_LIMIT": "2000"}
     migrated = tmp_path / "ok.db"
     _prepare("migrated", tmp_path, model_dir, {})
     (tmp_path / "migrated.db").rename(migrated)
@@ -244,7 +244,7 @@ def test_planted_secrets_never_appear_in_any_output(tmp_path: Path, folder: Path
         assert cmd[1] == "sweep" or (proc.returncode == 2 and "cannot reach the broker" in proc.stderr), proc.stderr
         outputs.append(proc.stdout + proc.stderr)
     text = "\n".join(outputs)
-    assert "lease_seconds (100)" in text and "cannot use the database" in text  # the runs did fail as planned
+    assert "task_soft_time_limit must be below" in text and "cannot use the database" in text  # the runs did fail as planned
     assert PLANTED not in text
 
 
