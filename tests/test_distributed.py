@@ -9,6 +9,7 @@ conditions, scaled by ``LABELFLEET_TEST_SLOWDOWN`` (tests/waiting.py).
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -362,6 +363,8 @@ def test_sick_worker_exits_and_the_healthy_one_does_the_job_uncharged(
     assert summary["done"] == 40 and (c.health_dir("healthy") / "ready").exists()
     assert {i.worker.split("@")[0] for i in items} == {"healthy"}
     assert {i.attempts for i in items} == {1}, [(i.id, i.attempts, i.error) for i in items if i.attempts != 1]
+    unhealthy = json.loads(c.cli("status", "sick", "--json"))["unhealthy_workers"]  # the sick one, and why
+    assert [w["worker"].split("@")[0] for w in unhealthy] == ["sick"] and unhealthy[0]["reason"].startswith(reason)
     assert_invariant(c, summary)
 
 

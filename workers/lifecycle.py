@@ -15,10 +15,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 from typing import Any
 
 from celery import signals
 
+from labelfleet import fleet
 from labelfleet.models.catalog import PRESETS
 from labelfleet.settings import Settings
 from labelfleet.tasknames import QUEUE_PREFIX
@@ -36,7 +38,7 @@ app.conf.worker_proc_alive_timeout = 1800.0
 
 def worker_presets(settings: Settings) -> list[str]:
     """The presets whose queues this worker consumes (``lf.<preset>``), else ``settings.models``."""
-    queues = [q.strip() for q in os.environ.get(QUEUES_ENV, "").split(",") if q.strip()]
+    queues = _queues()
     names = [q[len(QUEUE_PREFIX):] for q in queues if q.startswith(QUEUE_PREFIX)]
     return [n for n in names if n in PRESETS] or [settings.models]
 
@@ -62,11 +64,22 @@ def _on_child_unhealthy(signum: int, frame: Any) -> None:
     os.write(2, b"labelfleet worker: a pool process is unhealthy; stopping, exit status 1\n")
 
 
+#: Set in the main process at worker start: the Celery node name (pool processes inherit it).
+NODE_ENV = "LABELFLEET_WORKER_NODE"
+
+
 @signals.worker_init.connect
-def _worker_init(**_: Any) -> None:
+def _worker_init(sender: Any = None, **_: Any) -> None:
     """Main process, before the pool starts: clear old health files, listen for unhealthy pool processes."""
     HealthFiles(Settings().health_dir).reset()
+    node = getattr(sender, "hostname", None)
+    if node:
+        os.environ[NODE_ENV] = str(node)
     signal.signal(signal.SIGUSR2, _on_child_unhealthy)
+
+
+def _queues() -> list[str]:
+    return [q.strip() for q in os.environ.get(QUEUES_ENV, "").split(",") if q.strip()]
 
 
 @signals.worker_process_init.connect
@@ -77,8 +90,12 @@ def _process_init(**_: Any) -> None:
     ctx = context()
     files = HealthFiles(ctx.settings.health_dir)
 
+    broker_url = ctx.settings.broker_url.get_secret_value()
+    node = os.environ.get(NODE_ENV) or f"worker@{socket.gethostname()}"
+
     def unhealthy(reason: str) -> None:
         files.mark_unhealthy(reason)
+        fleet.record_unhealthy(broker_url, node, reason, _queues())  # `status --json` lists it
         os.kill(os.getppid(), signal.SIGUSR2)
 
     ctx.on_unhealthy = unhealthy
@@ -89,5 +106,6 @@ def _process_init(**_: Any) -> None:
         ctx.report_unhealthy(getattr(exc, "message", None) or f"cannot load models: {type(exc).__name__}: {exc}")
         return
     files.mark_ready()
+    fleet.clear(broker_url, node)
     AliveTicker(files).start()
     logger.info("models loaded (%s); ready", ", ".join(worker_presets(ctx.settings)))

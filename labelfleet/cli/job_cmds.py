@@ -24,7 +24,7 @@ def status(
     db: str | None = DbOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (job, state, total, done, "
                                  "failed, skipped, poison, pending, running, detections, tags, failures, workers, "
-                                 "last_listing, dead_letters)."),
+                                 "last_listing, dead_letters, unhealthy_workers)."),
     watch: bool = typer.Option(False, "--watch", help="Follow the job with a progress bar until it is done."),
 ) -> None:
     """Show a job's progress, label counts, failure reasons and throughput per worker."""
@@ -46,6 +46,7 @@ def status(
     engine.dispose()
     if as_json:
         summary["dead_letters"] = _dead_letters(factory, job, settings)
+        summary["unhealthy_workers"] = _unhealthy_workers(factory, job, settings)
         print(json.dumps(summary, default=str))
         return
     print_summary(summary)
@@ -60,6 +61,18 @@ def _dead_letters(factory: Any, job: str, settings: Any) -> int | None:
         if get_job(s, job).queue is None:
             return None
     return count(settings.broker_url.get_secret_value())
+
+
+def _unhealthy_workers(factory: Any, job: str, settings: Any) -> list[dict[str, Any]] | None:
+    """Workers of the job's queue that stopped unhealthy (see :mod:`labelfleet.fleet`); None for local jobs."""
+    from labelfleet.db.repository import get_job
+    from labelfleet.fleet import unhealthy_workers
+
+    with factory() as s:
+        queue = get_job(s, job).queue
+    if queue is None:
+        return None
+    return unhealthy_workers(settings.broker_url.get_secret_value(), queue)
 
 
 def _watch(read: Any, summary: dict[str, Any]) -> dict[str, Any]:
