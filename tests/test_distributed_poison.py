@@ -34,13 +34,13 @@ def test_poison_messages_dead_lettered_while_two_workers_finish(cluster_factory:
     poison = transport_poison(queue) + protocol_poison(queue)
     client = redis.Redis.from_url(redis_server.url)
     client.lpush(queue, *[item for _, item, _ in poison])  # consumed first: BRPOP takes the oldest
-    _bucket(s3_endpoint, "poison", [f"{i:03d}.jpg" for i in range(40)])
+    _bucket(s3_endpoint, "poison", [f"{i:03d}.jpg" for i in range(100)])  # the 100-image job
     c = cluster_factory(redis_server.url)
     c.cli("submit", "s3://poison", "--job", "poison", "--classes", "cat,dog", "--no-masks")
     workers = [c.worker("w1"), c.worker("w2")]
     c.sweeper()
     summary = c.wait_done("poison", timeout=900)
-    assert summary["done"] == 40, summary
+    assert summary["done"] == 100, summary
     assert_invariant(c, summary)
     assert [w.poll() for w in workers] == [None, None]  # no worker died on a poison message
     dead = [json.loads(r) for r in client.lrange(DEAD_LETTER_KEY, 0, -1)]

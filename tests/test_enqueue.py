@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -140,7 +141,8 @@ def test_parallel_submit_cli_no_traceback_no_duplicates(tmp_path: Path, pg_url: 
     results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
     for rc, out, err in results:
         assert rc == 0 and "Traceback" not in out + err and "IntegrityError" not in out + err, (rc, out, err)
-    enqueued = sum(int(out.split(": ", 1)[1].split()[0]) for _, out, _ in results)
+    enqueued = sum(int(re.search(r"^job par (?:created|continued): (\d+) items enqueued", out, re.M)[1])  # type: ignore[index]
+                   for _, out, _ in results)
     published = Counter(i for _, ids in _queued(redis.Redis.from_url(redis_server.url), "lf.tiny-random")
                         for i in ids)
     assert len(published) == 40 and max(published.values()) == 1 and enqueued == 40, (published, results)

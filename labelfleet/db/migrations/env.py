@@ -8,6 +8,7 @@ from sqlalchemy import Connection
 from labelfleet.db import models  # noqa: F401  (registers every table on Base.metadata)
 from labelfleet.db.base import Base
 from labelfleet.db.engine import make_engine
+from labelfleet.db.migrate import migration_connection
 from labelfleet.settings import Settings
 
 config = context.config
@@ -33,7 +34,7 @@ def run_migrations_online() -> None:
         return
     url = config.get_main_option("sqlalchemy.url") or Settings().db_url.get_secret_value()
     engine = make_engine(url)
-    with engine.connect() as conn:
+    with migration_connection(engine) as conn:
         _run(conn)
     engine.dispose()
 
