@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -244,7 +245,8 @@ def test_planted_secrets_never_appear_in_any_output(tmp_path: Path, folder: Path
         assert cmd[1] == "sweep" or (proc.returncode == 2 and "cannot reach the broker" in proc.stderr), proc.stderr
         outputs.append(proc.stdout + proc.stderr)
     text = "\n".join(outputs)
-    assert "task_soft_time_limit must be below" in text and "cannot use the database" in text  # the runs did fail as planned
+    # the runs did fail as planned
+    assert "task_soft_time_limit must be below" in text and "cannot use the database" in text
     assert PLANTED not in text
 
 
@@ -278,3 +280,30 @@ def test_logs_mask_secrets() -> None:
         logging.getLogger().handlers.clear()
     assert "postgresql://u:***@h/x" in stream.getvalue() and "redis://:***@h" in stream.getvalue()
     assert PLANTED not in stream.getvalue()
+
+
+def test_a_running_worker_never_logs_the_broker_password(tmp_path: Path, model_dir: Path) -> None:
+    """A worker that started (models loaded) but cannot reach its broker retries and logs it: masked."""
+    from tests.waiting import wait_until
+
+    _prepare("migrated", tmp_path, model_dir, {})
+    log = tmp_path / "worker.log"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LABELFLEET_")}
+    base.update(PYTHONPATH=str(REPO), LABELFLEET_MODEL_DIR=str(model_dir), LABELFLEET_DEVICE="cpu",
+                CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", LABELFLEET_MODELS="tiny-random",
+                LABELFLEET_HEALTH_DIR=str(tmp_path / "health"),
+                LABELFLEET_DB_URL=f"sqlite:///{tmp_path / 'migrated.db'}",
+                LABELFLEET_BROKER_URL=f"redis://:{PLANTED}@127.0.0.1:1/0")
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "labelfleet", "worker", "--loglevel", "DEBUG"], cwd=REPO,
+                                env=base, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: "Cannot connect to" in log.read_text() or proc.poll() is not None, 300,
+                   "the worker to report the unreachable broker")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    text = log.read_text()
+    assert "Cannot connect to" in text and ":***@127.0.0.1:1" in text, text[-2000:]
+    assert PLANTED not in text
