@@ -107,3 +107,17 @@ def s3_endpoint() -> Iterator[str]:
     os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+def redis_database(db: int) -> tuple[str, object]:
+    """``(url, client)`` of the loopback Redis's logical database ``db``, flushed (skip locally / fail in CI)."""
+    import redis
+
+    url = REDIS_URL.rsplit("/", 1)[0] + f"/{db}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except Exception as exc:
+        service_missing("Redis at " + url, exc)
+    client.flushdb()
+    return url, client

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from labelfleet.tasknames import DEAD_LETTER_KEY
-from tests.conftest import REDIS_URL, service_missing
+from tests.conftest import redis_database
 from tests.poison import envelope, protocol_poison, raw, transport_poison
 
 QUEUE = "lf.poison-test"
@@ -26,18 +26,10 @@ QUEUE = "lf.poison-test"
 
 @pytest.fixture
 def redis_db() -> Iterator[tuple[str, Any]]:
-    import redis
-
-    url = REDIS_URL.rsplit("/", 1)[0] + "/11"
-    client = redis.Redis.from_url(url)
-    try:
-        client.ping()
-    except Exception as exc:
-        service_missing("Redis at " + url, exc)
-    client.flushdb()
+    url, client = redis_database(11)
     yield url, client
-    client.flushdb()
-    client.close()
+    client.flushdb()  # type: ignore[attr-defined]
+    client.close()  # type: ignore[attr-defined]
 
 
 def _consume_one(url: str, timeout: float = 3.0) -> list[Any]:

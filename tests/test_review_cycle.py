@@ -21,10 +21,11 @@ from typer.testing import CliRunner
 
 from labelfleet.cli import app
 from labelfleet.db.engine import make_engine, session_factory
-from labelfleet.db.labels import box_iou, current_labels
+from labelfleet.db.labels import box_iou
 from labelfleet.db.models import Detection, Item, Job, ReviewDecision
 from labelfleet.masks import mask_record_full
 from tests.imagegen import scene, write_scenes
+from tests.test_review_consumers import view_of
 from tests.test_review_support import unique_job
 
 runner = CliRunner()
@@ -39,12 +40,7 @@ def _cli(*args: str) -> str:
 
 def _view(db_url: str, job: str, **kw: Any) -> dict[str, list[dict[str, Any]]]:
     """Current labels per item key (the view the exports read)."""
-    engine = make_engine(db_url)
-    with session_factory(engine)() as s:
-        items = s.execute(select(Item.id, Item.key).join(Job).where(Job.name == job)).all()
-        labels = current_labels(s, [i for i, _ in items], **kw)
-    engine.dispose()
-    return {key: labels[i] for i, key in items}
+    return view_of(db_url, job, **kw)
 
 
 def _decisions(db_url: str) -> list[tuple]:

@@ -14,21 +14,12 @@ from labelfleet.db.engine import make_engine, session_factory
 from labelfleet.db.models import Item, ItemStatus, Job
 from labelfleet.types import ImageRef
 from orchestrator.sweeper import mark_done_if_finished, sweep
-from tests.conftest import REDIS_URL, service_missing
+from tests.conftest import redis_database
 
 
 @pytest.fixture
 def broker() -> str:
-    import redis
-
-    url = REDIS_URL.rsplit("/", 1)[0] + "/9"
-    client = redis.Redis.from_url(url)
-    try:
-        client.ping()
-    except Exception as exc:
-        service_missing("Redis at " + url, exc)
-    client.flushdb()
-    return url
+    return redis_database(9)[0]
 
 
 def test_sweep_enqueues_expires_and_finishes(db_url: str, broker: str) -> None:
