@@ -63,17 +63,51 @@ def _source_index(out_size: int, in_size: int, device: torch.device) -> _SourceI
     return i0, torch.clamp(i0 + 1, max=in_size - 1), src - i0
 
 
-def _window(hot: torch.Tensor, index: _SourceIndex, limit: int) -> tuple[int, int] | None:
-    """Output range ``[a, b)`` (within ``[0, limit)``) whose bilinear sources touch a ``hot`` input pixel."""
-    where = torch.nonzero(hot).flatten()
-    if where.numel() == 0:
-        return None
-    lo, hi = where[0], where[-1]
+def _touching(lo: int, hi: int, index: _SourceIndex, limit: int) -> tuple[int, int] | None:
+    """Output range ``[a, b)`` (within ``[0, limit)``) whose bilinear sources touch input pixels ``lo..hi``."""
     i0, i1, _ = index
     ok = torch.nonzero((i0[:limit] <= hi) & (i1[:limit] >= lo)).flatten()
     if ok.numel() == 0:
         return None
     return int(ok[0]), int(ok[-1]) + 1
+
+
+def _window(hot: torch.Tensor, index: _SourceIndex, limit: int) -> tuple[int, int] | None:
+    """Output range ``[a, b)`` (within ``[0, limit)``) whose bilinear sources touch a ``hot`` input pixel."""
+    where = torch.nonzero(hot).flatten()
+    if where.numel() == 0:
+        return None
+    return _touching(int(where[0]), int(where[-1]), index, limit)
+
+
+@dataclass(frozen=True)
+class _AxisPlan:
+    """One axis of one mask: frame range ``out``, encoder-square range ``up`` it reads, low-res ``src``."""
+
+    out: tuple[int, int]
+    up: tuple[int, int]
+    src: tuple[int, int]
+
+
+def _plan_axis(hot: torch.Tensor, one: _SourceIndex, two: _SourceIndex, input_len: int, frame_len: int,
+               low_len: int) -> _AxisPlan | None:
+    """Where a mask can be set along one axis, from its low-res ``hot`` pixels (``(low_len,)`` bool).
+
+    ``one`` maps encoder-square pixels to low-res ones (first upscale), ``two``
+    frame pixels to input-crop pixels (second upscale). Bilinear weights are
+    convex, so a frame pixel above the threshold needs a hot low-res source:
+    the plan is conservative, never too small. ``src`` has a 2-pixel margin, so
+    upscaling just that slice gives the same floats as upscaling the whole.
+    """
+    up = _window(hot, one, input_len)
+    if up is None:
+        return None
+    out = _touching(up[0], up[1] - 1, two, frame_len)
+    if out is None:
+        return None
+    na, nb = int(two[0][out[0]]), int(two[1][out[1] - 1]) + 1
+    lo, hi = int(one[0][na]), int(one[1][nb - 1])
+    return _AxisPlan(out, (na, nb), (max(0, lo - 2), min(low_len, hi + 3)))
 
 
 def _tight(mask: torch.Tensor, x0: int, y0: int) -> tuple[BoolArray, int, int]:
@@ -147,6 +181,7 @@ class SamSegmenter:
         self.decoder_chunk = decoder_chunk
         self.strip_pixels = strip_pixels
         self.amp_dtype = amp_dtype(precision)
+        self._buffer: torch.Tensor | None = None  # see _upscale_buffer (one caller at a time, as the pipeline)
 
     # ------------------------------------------------------------------ helpers
     def _pad_extreme(self, image: RGBImage) -> RGBImage:
@@ -210,30 +245,23 @@ class SamSegmenter:
     def _mask_records(self, low_res: torch.Tensor, prep: _Prepared) -> list[dict[str, Any]]:
         """Low-res logits ``(c, 1, 256, 256)`` -> one mask record each, never a full-frame array.
 
-        The first upscale (to the encoder's ``img_size`` square, then the crop to
-        ``input_size``) is exactly ``Sam.postprocess_masks``' and is bounded by the
-        model input size. Each mask's *window* is where a pixel can pass
-        ``mask_threshold`` (bilinear weights are convex, so such a pixel needs a
-        positive input neighbour): its extent plus a pixel or two. The second
-        upscale (to the photo's size) is done whole for frames up to
-        ``strip_pixels`` (``strip_pixels // (H*W)`` masks per call, bit-identical
-        to ``postprocess_masks``), and the window is kept; for larger frames it
-        is computed only inside the window, in row strips (equal to
-        ``postprocess_masks`` up to float rounding, |diff| < 1e-4 in logits),
-        and cropped to the mask's tight extent. Only the crop leaves the device,
-        RLE-encoded at once. Masks are not clipped to their box (the demo's are not).
+        The logits are those ``Sam.postprocess_masks`` resizes twice (to the
+        encoder's ``img_size`` square, cropped to ``input_size``, then to the
+        photo). Here each mask is resized only where it can pass
+        ``mask_threshold`` (:func:`_plan_axis`, from its low-res logits): the
+        first upscale on that slice of the low-res logits (the same floats as
+        the whole upscale), the second whole for frames up to ``strip_pixels``
+        (``strip_pixels // (H*W)`` masks per call, bit-identical to
+        ``postprocess_masks``) or, for larger frames, only inside the window in
+        row strips (equal up to float rounding, |diff| < 1e-4 in logits) and
+        cropped to the mask's tight extent. Only the window (the mask's extent
+        plus a few pixels) leaves the device, RLE-encoded at once. Masks are not clipped to their box
+        (the demo's are not).
         """
-        size = self.img_size
-        up = torch.nn.functional.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
-        up = up[:, 0, : prep.input_size[0], : prep.input_size[1]]
-        thr = float(self.model.mask_threshold)
         h, w = prep.original_size
         ph, pw = prep.padded_size
-        rows_idx = _source_index(ph, up.shape[1], up.device)
-        cols_idx = _source_index(pw, up.shape[2], up.device)
-        hot = up > thr - 1e-3
-        any_rows, any_cols = hot.any(dim=2), hot.any(dim=1)
-        windows = [(_window(any_rows[k], rows_idx, h), _window(any_cols[k], cols_idx, w)) for k in range(len(up))]
+        plans, up = self._first_upscale(low_res[:, 0].float(), prep)
+        thr = float(self.model.mask_threshold)
         empty = np.zeros((0, 0), bool)
         out = []
         if ph * pw <= self.strip_pixels:  # small frame: resized whole, as postprocess_masks, a few masks at once
@@ -241,19 +269,65 @@ class SamSegmenter:
             for start in range(0, len(up), per):
                 full = torch.nn.functional.interpolate(up[start : start + per, None], (ph, pw), mode="bilinear",
                                                        align_corners=False)[:, 0]
-                for j, (rows, cols) in enumerate(windows[start : start + per]):
-                    if rows is None or cols is None:
+                for j, plan in enumerate(plans[start : start + per]):
+                    if plan is None:
                         out.append(encode_mask_record(empty, 0, 0, (h, w)))
                         continue
-                    crop = _to_host(full[j, rows[0] : rows[1], cols[0] : cols[1]] > thr)
-                    out.append(encode_mask_record(crop, cols[0], rows[0], (h, w)))
+                    (r0, r1), (c0, c1) = plan[0].out, plan[1].out
+                    out.append(encode_mask_record(_to_host(full[j, r0:r1, c0:c1] > thr), c0, r0, (h, w)))
             return out
-        for k, (rows, cols) in enumerate(windows):
+        rows_idx = _source_index(ph, prep.input_size[0], up.device)
+        cols_idx = _source_index(pw, prep.input_size[1], up.device)
+        for k, plan in enumerate(plans):
             crop, x0, y0 = empty, 0, 0
-            if rows is not None and cols is not None:
-                crop, x0, y0 = self._window_mask(up[k], rows_idx, cols_idx, rows, cols, thr)
+            if plan is not None:
+                crop, x0, y0 = self._window_mask(up[k], rows_idx, cols_idx, plan[0].out, plan[1].out, thr)
             out.append(encode_mask_record(crop, x0, y0, (h, w)))
         return out
+
+    def _first_upscale(
+        self, low: torch.Tensor, prep: _Prepared
+    ) -> tuple[list[tuple[_AxisPlan, _AxisPlan] | None], torch.Tensor]:
+        """Plans per mask and the first upscale ``(c, ih, iw)`` float32, computed only where each plan reads.
+
+        ``low`` is ``(c, lr, lr)`` logits; outside a mask's plan the result is 0 (never read).
+        """
+        size, lr = self.img_size, low.shape[-1]
+        (ih, iw), (h, w), (ph, pw) = prep.input_size, prep.original_size, prep.padded_size
+        one = _source_index(size, lr, low.device)
+        rows_two = _source_index(ph, ih, low.device)
+        cols_two = _source_index(pw, iw, low.device)
+        hot = low > float(self.model.mask_threshold) - 1e-3
+        any_rows, any_cols = hot.any(dim=2), hot.any(dim=1)
+        plans: list[tuple[_AxisPlan, _AxisPlan] | None] = []
+        for k in range(len(low)):
+            r = _plan_axis(any_rows[k], one, rows_two, ih, h, lr)
+            c = _plan_axis(any_cols[k], one, cols_two, iw, w, lr) if r is not None else None
+            plans.append(None if r is None or c is None else (r, c))
+        if size % lr:  # no integer scale: slices would not give the same floats; upscale whole
+            up = torch.nn.functional.interpolate(low[:, None], (size, size), mode="bilinear", align_corners=False)
+            return plans, up[:, 0, :ih, :iw]
+        f = size // lr
+        up = self._upscale_buffer((len(low), ih, iw), low)
+        for k, plan in enumerate(plans):
+            if plan is None:
+                continue
+            (na, nb), (s0, s1) = plan[0].up, plan[0].src
+            (ma, mb), (t0, t1) = plan[1].up, plan[1].src
+            part = torch.nn.functional.interpolate(low[k, None, None, s0:s1, t0:t1], scale_factor=f,
+                                                   mode="bilinear", align_corners=False)[0, 0]
+            up[k, na:nb, ma:mb] = part[na - f * s0 : nb - f * s0, ma - f * t0 : mb - f * t0]
+        return plans, up
+
+    def _upscale_buffer(self, shape: tuple[int, int, int], like: torch.Tensor) -> torch.Tensor:
+        """A reused ``shape`` float buffer for :meth:`_first_upscale` (allocating and zeroing ~50 MB per
+        chunk cost more than the upscale). Stale values outside a mask's plan are never read."""
+        buf = self._buffer
+        if (buf is None or tuple(buf.shape[1:]) != shape[1:] or buf.shape[0] < shape[0] or buf.dtype != like.dtype
+                or buf.device != like.device):
+            buf = self._buffer = torch.zeros((max(shape[0], self.upscale_chunk), *shape[1:]), dtype=like.dtype,
+                                             device=like.device)
+        return buf[: shape[0]]
 
     def _window_mask(
         self,
