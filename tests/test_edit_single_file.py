@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -63,7 +64,7 @@ def _scene() -> tuple[np.ndarray, np.ndarray, EditParams]:
     return image, mask, EditParams(prompt="a corgi", out="-", targets=("dog",), steps=3, dilate=2, feather=2)
 
 
-def _edits(files: dict[str, Path]) -> tuple[object, list[np.ndarray]]:
+def _edits(files: dict[str, Path]) -> tuple[Any, list[np.ndarray]]:
     from workers.inpaint import Inpainter
 
     inp = Inpainter(files, "cpu", dtype="fp32")
@@ -77,14 +78,23 @@ def test_single_file_checkpoint_loads_the_same_weights_and_edits_bit_identically
     single, single_out = _edits({"checkpoint": tiny.ckpt, "config_dir": tiny.config_dir})
     folder, folder_out = _edits({"pipeline_dir": tiny.folder})
     for name in ("unet", "vae", "text_encoder"):  # every weight converted back, none left at random init
-        a = getattr(folder.pipe, name).state_dict()  # type: ignore[attr-defined]
-        b = getattr(single.pipe, name).state_dict()  # type: ignore[attr-defined]
+        a = getattr(folder.pipe, name).state_dict()
+        b = getattr(single.pipe, name).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    assert type(single.pipe.scheduler) is type(folder.pipe.scheduler)  # type: ignore[attr-defined]
-    assert single.native == folder.native == 64  # type: ignore[attr-defined]
+    assert type(single.pipe.scheduler) is type(folder.pipe.scheduler)
+    assert single.native == folder.native == 64
     assert len(single_out) == 2 and not np.array_equal(single_out[0], single_out[1])  # seeds matter
     for a_img, b_img in zip(single_out, folder_out, strict=True):
         assert np.array_equal(a_img, b_img)  # same seed, same weights: the same picture, bit for bit
+
+
+def test_single_file_checkpoint_loads_in_the_requested_dtype(tiny: Tiny) -> None:
+    import torch
+
+    from workers.inpaint import Inpainter
+
+    inp = Inpainter({"checkpoint": tiny.ckpt, "config_dir": tiny.config_dir}, "cpu", dtype="fp16")
+    assert inp.pipe.unet.dtype == inp.pipe.vae.dtype == inp.pipe.text_encoder.dtype == torch.float16
 
 
 def _bad_files(tmp_path: Path, tiny: Tiny) -> dict[str, tuple[Path, str]]:

@@ -135,6 +135,10 @@ def _download_config(mf: ModelFile, dest: Path, timeout: float) -> Path:
             body = resp.read()  # type: ignore[attr-defined]
     except urllib.error.HTTPError as exc:
         raise ModelUnavailableError(missing_message(mf, dest, f"{mf.url} answered HTTP {exc.code}")) from exc
+    except http.client.IncompleteRead as exc:
+        got, total = len(exc.partial), len(exc.partial) + (exc.expected or 0)
+        raise ModelUnavailableError(missing_message(
+            mf, dest, f"download stopped at {got:,} of {total:,} bytes; run the command again")) from exc
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         raise ModelUnavailableError(missing_message(mf, dest, f"cannot download {mf.url} ({exc})")) from exc
     if expected and len(body) != expected:
