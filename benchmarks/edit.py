@@ -1,7 +1,8 @@
 """Inpainting throughput of edit jobs: images/s, per-step ms, batched vs one-call-per-variant side by side.
 
     python benchmarks/edit.py --models tiny-random --device cpu --images 4
-    python benchmarks/edit.py --edit-checkpoint /models/sd15-inpainting --device cuda:0 --images 16 --steps 30
+    python benchmarks/edit.py --models default --device cuda:0 --images 16 --steps 30  # pinned sd15_inpaint
+    python benchmarks/edit.py --edit-checkpoint DIR --device cuda:0  # a local diffusers folder
 
 Each image gets a disk mask; every variant count runs (a) all variants in one call
 (``num_images_per_prompt``) and (b) one call per variant, and prints the ratio. Per-step ms

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from labelfleet.errors import ConfigError
 from labelfleet.masks import decode_rle, encode_mask_record, encode_rle, mask_to_xyxy, rle_area
-from labelfleet.models.catalog import MODELS, PRESETS, UNVERIFIED, get_model, get_preset
+from labelfleet.models.catalog import (
+    MODELS,
+    NO_DIGEST,
+    PRESETS,
+    SD_INPAINT_REPO,
+    SD_INPAINT_REVISION,
+    ModelFile,
+    get_model,
+    get_preset,
+    revision_pinned_config,
+)
 from labelfleet.types import Detections, cxcywh_norm_to_xyxy
 
 
@@ -85,13 +97,32 @@ def test_mask_to_xyxy() -> None:
 
 def test_catalog() -> None:
     assert {"ram", "ram_plus", "gdino_swint_ogc", "sam_vit_h", "sam_vit_b"} <= set(MODELS)
+    weights = (".pth", ".ckpt", ".safetensors", ".bin", ".pt")
     for spec in MODELS.values():
         for f in spec.files:
             assert f.url.startswith("https://")
-            if f.sha256 == UNVERIFIED:  # only SD inpainting: digests could not be fetched offline (recorded on fetch)
-                assert spec.key == "sd15_inpaint" and f.size == 0, f
+            if f.sha256 == NO_DIGEST:  # only small config files of a repository pinned by commit
+                assert revision_pinned_config(f) and not f.filename.endswith(weights), f
+                assert re.search(r"/resolve/[0-9a-f]{40}/", f.url), f
                 continue
-            assert len(f.sha256) == 64 and f.size > 0, f
+            assert re.fullmatch(r"[0-9a-f]{64}", f.sha256) and f.size > 0, f
+    # the revision-pinned rule is narrow: weights, other roles, branch names never qualify
+    pinned = f"https://huggingface.co/o/r/resolve/{'0' * 40}"
+    assert revision_pinned_config(ModelFile("config/unet/config.json", "x/config.json", f"{pinned}/c.json", 0, ""))
+    assert not revision_pinned_config(ModelFile("config/unet/w.safetensors", "x/w.safetensors", f"{pinned}/w", 0, ""))
+    assert not revision_pinned_config(ModelFile("checkpoint", "x/a.json", f"{pinned}/a.json", 0, ""))
+    assert not revision_pinned_config(ModelFile("config/a.json", "x/a.json", "https://h/o/r/resolve/main/a.json", 0,
+                                                ""))
+    sd = MODELS["sd15_inpaint"]
+    assert re.fullmatch(r"[0-9a-f]{40}", SD_INPAINT_REVISION)
+    assert all(f"/{SD_INPAINT_REPO}/resolve/{SD_INPAINT_REVISION}/" in f.url for f in sd.files)
+    ckpt = next(f for f in sd.files if f.role == "checkpoint")
+    assert (ckpt.size, ckpt.sha256[:10]) == (4265437280, "c6bbc15e32")  # the published A1111 short hash
+    assert {f.role for f in sd.files if f.sha256 == NO_DIGEST} == {f"config/{r}" for r in (
+        "model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json", "tokenizer/merges.txt",
+        "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json", "tokenizer/vocab.json",
+        "unet/config.json", "vae/config.json")}
+    assert "VERIFIED" not in sd.description.upper()
     assert PRESETS["tiny-random"].random_weights and not PRESETS["default"].random_weights
     with pytest.raises(ConfigError, match="unknown model preset 'nope'; choose one of: default, fast"):
         get_preset("nope")

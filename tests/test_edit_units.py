@@ -1,5 +1,5 @@
 """Edit-job building blocks (issue 14): mask prep, crop geometry, names, queues, write-once destinations,
-unpinned-model downloads. Real S3 via the moto server, a real HTTP server on loopback."""
+revision-pinned config downloads. Real S3 via the moto server, a real HTTP server on loopback."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from labelfleet.edit import EditParams, output_key, plan_units
-from labelfleet.errors import ModelUnavailableError, PermanentError
-from labelfleet.models.catalog import UNVERIFIED, ModelFile, ModelSpec
+from labelfleet.errors import ChecksumError, ModelUnavailableError, PermanentError
+from labelfleet.models.catalog import NO_DIGEST, SD_INPAINT_REVISION, ModelFile, ModelSpec
 from labelfleet.storage.dest import LocalDestination, S3Destination
 from labelfleet.tasknames import edit_queue_for, queue_for, task_for_queue
 
@@ -106,7 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.hits.append(self.path)
-        short = self.path.endswith("/short")
+        short = self.path.rsplit("/", 1)[-1].startswith("short")  # announces 100 bytes more than it sends
         self.send_response(200)
         self.send_header("Content-Length", str(len(BODY) + (100 if short else 0)))
         self.end_headers()
@@ -124,22 +124,32 @@ def server() -> Iterator[str]:
     httpd.shutdown()
 
 
-def test_unpinned_files_are_fetched_with_their_observed_digest_recorded(server: str, tmp_path: Path) -> None:
-    from workers.inpaint import _fetch_unpinned
+def test_revision_pinned_config_files_are_fetched_with_their_observed_digest_recorded(server: str, tmp_path: Path
+                                                                                       ) -> None:
+    from labelfleet.models.download import download
+    from workers.models import _fetch_official
 
-    spec = ModelSpec("x", "inpainter", "test", (ModelFile("pipeline/unet/w", "sd/unet/w", f"{server}/w", 0,
-                                                          UNVERIFIED),))
-    folder = _fetch_unpinned(spec, tmp_path, allow_download=True, progress=None)
-    assert folder == tmp_path / "sd" and (folder / "unet" / "w").read_bytes() == BODY
-    marker = (folder / "unet" / "w.sha256").read_text()
-    assert marker == f"{hashlib.sha256(BODY).hexdigest()} UNVERIFIED (observed, not pinned)\n"
+    pinned = f"{server}/repo/resolve/{'a' * 40}"
+    spec = ModelSpec("x", "inpainter", "test", (ModelFile("config/unet/config.json", "sd/unet/config.json",
+                                                          f"{pinned}/unet/config.json", 0, NO_DIGEST),))
+    files = _fetch_official(spec, tmp_path, allow_download=True, progress=None, skip_roles=set())
+    assert files["config/unet/config.json"] == tmp_path / "sd" / "unet" / "config.json"
+    assert files["config/unet/config.json"].read_bytes() == BODY
+    marker = (tmp_path / "sd" / "unet" / "config.json.sha256").read_text()
+    assert marker == f"{hashlib.sha256(BODY).hexdigest()} observed (pinned by the repository revision)\n"
     n = len(_Handler.hits)
-    _fetch_unpinned(spec, tmp_path, allow_download=False, progress=None)  # cached: no request
+    _fetch_official(spec, tmp_path, allow_download=False, progress=None, skip_roles=set())  # cached: no request
     assert len(_Handler.hits) == n
-    short = ModelSpec("y", "inpainter", "test", (ModelFile("pipeline/a", "sd2/a", f"{server}/short", 0, UNVERIFIED),))
+    short = ModelFile("config/a.json", "sd2/a.json", f"{pinned}/short.json", 0, NO_DIGEST)
     with pytest.raises(ModelUnavailableError, match="download stopped at"):
-        _fetch_unpinned(short, tmp_path, allow_download=True, progress=None)
-    assert not (tmp_path / "sd2" / "a").exists()
+        download(short, tmp_path / short.filename)
+    assert not (tmp_path / "sd2" / "a.json").exists()
+    n = len(_Handler.hits)
+    for unpinned in (ModelFile("checkpoint", "sd3/w.ckpt", f"{pinned}/w.ckpt", 0, NO_DIGEST),  # weights
+                     ModelFile("config/b.json", "sd3/b.json", f"{server}/repo/resolve/main/b.json", 0, NO_DIGEST)):
+        with pytest.raises(ChecksumError, match="pins no sha256"):  # a branch is no pin
+            download(unpinned, tmp_path / unpinned.filename)
+    assert len(_Handler.hits) == n and not (tmp_path / "sd3").exists()
 
 
 def test_models_fetch_sd15_inpaint_offline_names_the_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -153,4 +163,6 @@ def test_models_fetch_sd15_inpaint_offline_names_the_repository(tmp_path: Path, 
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     result = CliRunner().invoke(app, ["models", "fetch", "sd15_inpaint"])
     assert isinstance(result.exception, ModelUnavailableError)
-    assert "huggingface.co/stable-diffusion-v1-5/stable-diffusion-inpainting/resolve/main/" in result.exception.message
+    assert (f"huggingface.co/stable-diffusion-v1-5/stable-diffusion-inpainting/resolve/{SD_INPAINT_REVISION}/"
+            "sd-v1-5-inpainting.ckpt") in result.exception.message
+    assert "sha256 c6bbc15e3224e6973459ba78de4998b80b50112b0ae5b5c67113d56b4e366b19" in result.exception.message

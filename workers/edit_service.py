@@ -11,7 +11,7 @@ from sqlalchemy import select
 from labelfleet.db.models import Job
 from labelfleet.edit import EditParams
 from labelfleet.errors import ConfigError
-from labelfleet.models.catalog import get_model, get_preset
+from labelfleet.models.catalog import get_model, get_preset, revision_pinned_config
 from labelfleet.storage.dest import open_destination
 from workers.edit_processing import EditProcessor
 from workers.inpaint import get_inpainter, resolve_inpainter
@@ -27,8 +27,13 @@ def edit_model_info(config: dict[str, Any], res: Any) -> dict[str, Any]:
     random = res.origin == "generated" or (not params.from_job and get_preset(config["preset"]).random_weights)
     key = f"local:{res.files['pipeline_dir']}" if res.origin == "local" else res.key
     return {"key": key, "sha256": res.checkpoint_sha256, "origin": res.origin, "random_weights": bool(random),
-            "sha256_pinned": res.origin == "generated" or bool(get_model(res.key).files and all(
-                f.sha256 for f in get_model(res.key).files))}
+            "sha256_pinned": res.origin == "generated" or (res.origin == "official" and _weights_pinned(res.key))}
+
+
+def _weights_pinned(key: str) -> bool:
+    """Every weight file of catalog model ``key`` has a pinned sha256 (configs may be pinned by revision)."""
+    files = get_model(key).files
+    return bool(files) and all(f.sha256 or revision_pinned_config(f) for f in files)
 
 
 def edit_processor(ctx: WorkerContext, job_id: int, config: dict[str, Any], source_uri: str, owner: str,

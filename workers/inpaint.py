@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image
 
 from labelfleet.edit import EditParams
-from labelfleet.errors import ConfigError, ModelUnavailableError
-from labelfleet.models.catalog import UNVERIFIED, ModelFile, ModelSpec, get_model
+from labelfleet.errors import ConfigError
+from labelfleet.models.catalog import ModelSpec, get_model
 from labelfleet.settings import Settings, resolve_device
 from labelfleet.types import BoolArray, RGBImage
 from workers.models import ProgressFactory, ResolvedModel
@@ -44,58 +44,28 @@ def folder_sha256(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _download_unverified(mf: ModelFile, dest: Path, timeout: float = 30.0) -> None:
-    """Fetch a file whose digest is not pinned: complete (Content-Length) or an error; the observed
-    sha256 goes to ``<file>.sha256`` marked UNVERIFIED."""
-    import urllib.error
-    import urllib.request
+def resolve_single_file(spec: ModelSpec, root: Path, *, allow_download: bool = True,
+                        progress: ProgressFactory | None = None) -> ResolvedModel:
+    """Fetch (resumable, sha256 verified) or find in ``root`` a catalog inpainter made of one ``checkpoint``
+    file plus ``config/...`` diffusers config files; ``files`` = ``{"checkpoint", "config_dir"}``."""
+    from workers.models import _fetch_official
 
-    from labelfleet.models.download import missing_message, sha256_file
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    try:
-        resp = urllib.request.urlopen(urllib.request.Request(mf.url, headers={"User-Agent": "labelfleet"}),
-                                      timeout=timeout)
-        expected = int(resp.headers.get("Content-Length") or 0)
-        done = 0
-        with resp, open(part, "wb") as out:
-            while block := resp.read(1 << 20):
-                out.write(block)
-                done += len(block)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise ModelUnavailableError(missing_message(mf, dest, f"cannot download {mf.url} ({exc})")) from exc
-    if expected and done != expected:
-        raise ModelUnavailableError(missing_message(mf, dest, f"download stopped at {done:,} of {expected:,} bytes"))
-    digest = sha256_file(part)
-    part.replace(dest)
-    dest.with_name(dest.name + ".sha256").write_text(f"{digest} UNVERIFIED (observed, not pinned)\n")
-    logger.warning("%s: sha256 %s is NOT pinned in the catalog (to be verified)", mf.filename, digest)
-
-
-def _fetch_unpinned(spec: ModelSpec, root: Path, *, allow_download: bool, progress: ProgressFactory | None) -> Path:
-    """Official inpainting files into ``root``; digests marked UNVERIFIED are recorded, not checked."""
-    from labelfleet.models.download import download, missing_message
-
-    for mf in spec.files:
-        dest = root / mf.filename
-        if dest.exists():
-            continue
-        if not allow_download:
-            raise ModelUnavailableError(missing_message(mf, dest, "not in the model cache"))
-        if mf.sha256 == UNVERIFIED:
-            _download_unverified(mf, dest)
-        else:
-            download(mf, dest, progress=progress(mf.filename, mf.size) if progress else None)
-    return root / spec.files[0].filename.split("/", 1)[0]
+    files = _fetch_official(spec, root, allow_download=allow_download, progress=progress, skip_roles=set())
+    config_dir = files["config/model_index.json"].parent
+    pinned = next(f.sha256 for f in spec.files if f.role == "checkpoint")
+    return ResolvedModel(spec.key, "inpainter", "official", {"checkpoint": files["checkpoint"],
+                                                             "config_dir": config_dir}, pinned)
 
 
 def resolve_inpainter(key: str, settings: Settings, *, checkpoint_dir: Path | None = None,
                       allow_download: bool = True, progress: ProgressFactory | None = None) -> ResolvedModel:
     """Files of inpainting model ``key`` (or a local diffusers folder ``checkpoint_dir``) on local disk.
 
-    ``files["pipeline_dir"]`` is the diffusers folder; ``checkpoint_sha256`` the
-    :func:`folder_sha256` of it (cached in ``<folder>.sha256`` for the official and tiny ones).
+    Official model: ``files["checkpoint"]`` is the pinned single-file checkpoint (sha256 verified on fetch and
+    on first use) and ``files["config_dir"]`` the diffusers config files of the same repository revision;
+    ``checkpoint_sha256`` is the pinned digest. Diffusers folders (``checkpoint_dir``, tiny random model):
+    ``files["pipeline_dir"]``, with ``checkpoint_sha256`` the :func:`folder_sha256` of it (cached in
+    ``<folder>.sha256`` for the tiny one).
     """
     spec = get_model(key, "inpainter")
     if checkpoint_dir is not None:
@@ -103,14 +73,11 @@ def resolve_inpainter(key: str, settings: Settings, *, checkpoint_dir: Path | No
         if not (folder / "model_index.json").is_file():
             raise ConfigError(f"--edit-checkpoint {folder} is not a diffusers folder (no model_index.json)")
         return ResolvedModel(key, "inpainter", "local", {"pipeline_dir": folder}, folder_sha256(folder))
-    if spec.generated:
-        from workers.models import _generate
+    if not spec.generated:
+        return resolve_single_file(spec, settings.model_path, allow_download=allow_download, progress=progress)
+    from workers.models import _generate
 
-        folder = _generate(spec, settings.model_path)["pipeline_dir"]
-        origin = "generated"
-    else:
-        folder = _fetch_unpinned(spec, settings.model_path, allow_download=allow_download, progress=progress)
-        origin = "official"
+    folder = _generate(spec, settings.model_path)["pipeline_dir"]
     marker = folder.with_name(folder.name + ".sha256")
     digest = marker.read_text().strip() if marker.exists() else None
     if not digest:
@@ -119,7 +86,7 @@ def resolve_inpainter(key: str, settings: Settings, *, checkpoint_dir: Path | No
             marker.write_text(digest + "\n")
         except OSError:
             logger.debug("read-only model cache: %s not written", marker)
-    return ResolvedModel(key, "inpainter", origin, {"pipeline_dir": folder}, digest)
+    return ResolvedModel(key, "inpainter", "generated", {"pipeline_dir": folder}, digest)
 
 
 def prepare_mask(mask: BoolArray, dilate: int, feather: int) -> tuple[BoolArray, np.ndarray]:
@@ -167,13 +134,29 @@ def _dtype(device: str, dtype: str) -> Any:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
 
+def load_inpaint_pipeline(files: dict[str, Path], torch_dtype: Any) -> Any:
+    """A ``StableDiffusionInpaintPipeline`` on CPU from resolved files (see :class:`Inpainter`), offline."""
+    if "checkpoint" in files:
+        from workers.sd_single_file import load_pipeline
+
+        return load_pipeline(files["checkpoint"], files["config_dir"], torch_dtype)
+    from diffusers import StableDiffusionInpaintPipeline
+
+    folder = Path(files["pipeline_dir"])
+    variant = "fp16" if any(folder.glob("unet/*.fp16.safetensors")) else None
+    return StableDiffusionInpaintPipeline.from_pretrained(
+        str(folder), torch_dtype=torch_dtype, variant=variant, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False, local_files_only=True)
+
+
 class Inpainter:
     """A loaded ``StableDiffusionInpaintPipeline`` (load once per process, see :func:`get_inpainter`)."""
 
-    def __init__(self, pipeline_dir: Path, device: str, *, dtype: str = "auto",
+    def __init__(self, files: dict[str, Path], device: str, *, dtype: str = "auto",
                  attention_slicing: bool | None = None) -> None:
+        """``files``: ``{"checkpoint", "config_dir"}`` (one LDM-format checkpoint + diffusers configs) or
+        ``{"pipeline_dir"}`` (a diffusers folder), as in :attr:`ResolvedModel.files`."""
         import torch
-        from diffusers import StableDiffusionInpaintPipeline
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()
@@ -181,10 +164,7 @@ class Inpainter:
             diffusers_logging.set_verbosity_error()
         self.device = device
         self.dtype = _dtype(device, dtype)
-        variant = "fp16" if any(Path(pipeline_dir).glob("unet/*.fp16.safetensors")) else None
-        self.pipe = StableDiffusionInpaintPipeline.from_pretrained(
-            str(pipeline_dir), torch_dtype=self.dtype, variant=variant, safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False, local_files_only=True).to(device)
+        self.pipe = load_inpaint_pipeline(files, self.dtype).to(device)
         self.pipe.set_progress_bar_config(disable=True)
         if attention_slicing is None:
             attention_slicing = (device.startswith("cuda")
@@ -228,9 +208,9 @@ _LOCK = threading.Lock()
 def get_inpainter(res: ResolvedModel, settings: Settings, dtype: str = "auto") -> Inpainter:
     """The process-wide :class:`Inpainter` of a resolved model (loaded on first use, then shared)."""
     device = resolve_device(settings.device)
-    key = (str(res.files["pipeline_dir"]), device, dtype)
+    key = (str(res.files.get("checkpoint") or res.files["pipeline_dir"]), device, dtype)
     with _LOCK:
         if key not in _CACHE:
             logger.info("loading inpainting model %s on %s", res.key, device)
-            _CACHE[key] = Inpainter(res.files["pipeline_dir"], device, dtype=dtype)
+            _CACHE[key] = Inpainter(res.files, device, dtype=dtype)
         return _CACHE[key]

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from labelfleet.errors import ChecksumError, ConfigError, ModelUnavailableError
-from labelfleet.models.catalog import ModelFile, ModelSpec, Preset, get_model
+from labelfleet.models.catalog import NO_DIGEST, ModelFile, ModelSpec, Preset, get_model
 from labelfleet.models.download import ProgressFn, download, missing_message, sha256_file, verify
 from labelfleet.pipeline_config import PipelineConfig
 from labelfleet.settings import Settings, resolve_device
@@ -103,11 +103,13 @@ def _fetch_official(spec: ModelSpec, root: Path, *, allow_download: bool,
         if mf.role in skip_roles:
             continue
         dest = root / mf.filename
-        if not dest.exists() or dest.stat().st_size != mf.size:
+        pinned = mf.sha256 != NO_DIGEST  # else a revision-pinned config file (download() refuses others)
+        if not dest.exists() or (pinned and dest.stat().st_size != mf.size):
             if not allow_download:
                 raise ModelUnavailableError(missing_message(mf, dest, "not in the model cache"))
-            download(mf, dest, progress=progress(mf.filename, mf.size) if progress else None)
-        _verify_once(mf, dest)
+            download(mf, dest, progress=progress(mf.filename, mf.size) if progress and pinned else None)
+        if pinned:
+            _verify_once(mf, dest)
         files[mf.role] = dest
     if any(r.startswith("tokenizer/") for r in files):
         files["text_encoder_dir"] = next(p.parent for r, p in files.items() if r.startswith("tokenizer/"))

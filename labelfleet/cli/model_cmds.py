@@ -83,6 +83,7 @@ def verify_cmd(names: list[str] = typer.Argument(None, help="Presets or model ke
                 continue
             reason = verify(mf, path)
             bad += reason is not None
-            console.print(f"{'[green]ok[/]' if reason is None else '[red]BAD[/]'} {mf.filename} {reason or ''}")
+            note = reason or ("" if mf.sha256 else "(config file pinned by the repository revision; no sha256)")
+            console.print(f"{'[green]ok[/]' if reason is None else '[red]BAD[/]'} {mf.filename} {note}")
     if bad:
         raise typer.Exit(1)

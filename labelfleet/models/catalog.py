@@ -1,5 +1,7 @@
 """The models labelfleet knows: official files with pinned size and sha256, and presets.
 
+(Only small config files of a repository pinned by commit may lack a digest, see :data:`NO_DIGEST`.)
+
 Pure data, no torch. A *model* is the set of files one stage needs (for
 GroundingDINO: the checkpoint plus the BERT tokenizer files; its BERT weights
 live inside the checkpoint). ``generator`` models (``*_tiny``) are not
@@ -9,6 +11,7 @@ architecture classes into the cache, then loaded through the same path.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from labelfleet.errors import ConfigError
@@ -66,23 +69,37 @@ _BERT_TOKENIZER = (
               "7160e1553ad2ca51d8c1cb066be533db31826e12d173824c1bb0cb1a4f187d20"),
 )
 
-# --- issue 14: Stable Diffusion inpainting (diffusers folder layout) -----------------------------
-#: The official SD 1.5 inpainting weights, mirrored by the stable-diffusion-v1-5 org after runwayml's repo
-#: was withdrawn. TO BE VERIFIED: this catalog was written offline, so the commit to pin and the files'
-#: sizes and sha256 could not be read from the Hub. ``SD_INPAINT_REVISION`` is the branch name until someone
-#: pins the commit; files with ``sha256 == UNVERIFIED`` are downloaded, their observed sha256 recorded next to
-#: them and in every output's provenance, and reported as unverified (never claimed verified).
+# --- issue 14: Stable Diffusion inpainting (one pinned LDM checkpoint + diffusers config files) ----------
+#: The official SD 1.5 inpainting weights (runwayml's release, mirrored by the stable-diffusion-v1-5 org after
+#: runwayml's repo was withdrawn), pinned by git commit. The weights are the single original-format (LDM) file
+#: ``sd-v1-5-inpainting.ckpt`` with its published size and sha256 (A1111 short hash c6bbc15e32); the small
+#: diffusers config files of the same commit describe the pipeline it is loaded into.
 SD_INPAINT_REPO = "stable-diffusion-v1-5/stable-diffusion-inpainting"
-SD_INPAINT_REVISION = "main"
-UNVERIFIED = ""
+SD_INPAINT_REVISION = "8a4288a76071f7280aedbdb3253bdb9e9d5d84bb"
+#: ``sha256`` (and ``size`` 0) of a file whose digest the catalog does not know. Allowed ONLY for small config
+#: files (``role`` ``config/...``, ``.json``/``.txt``) of a repository pinned by a commit in the URL
+#: (``.../resolve/<40 hex>/...``): the commit fixes their content. Every weight file has size and sha256.
+NO_DIGEST = ""
+CONFIG_SUFFIXES = (".json", ".txt")
+_COMMIT_URL = re.compile(r"/resolve/[0-9a-f]{40}/")
 _SDI = f"https://huggingface.co/{SD_INPAINT_REPO}/resolve/{SD_INPAINT_REVISION}"
-_SD_INPAINT_FILES = tuple(
-    ModelFile(f"pipeline/{rel}", f"sd15-inpainting/{rel}", f"{_SDI}/{rel}", 0, UNVERIFIED)
-    for rel in ("model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
-                "text_encoder/model.fp16.safetensors", "tokenizer/merges.txt", "tokenizer/special_tokens_map.json",
-                "tokenizer/tokenizer_config.json", "tokenizer/vocab.json", "unet/config.json",
-                "unet/diffusion_pytorch_model.fp16.safetensors", "vae/config.json",
-                "vae/diffusion_pytorch_model.fp16.safetensors"))
+_SD_INPAINT_CONFIGS = ("model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
+                       "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+                       "tokenizer/vocab.json", "unet/config.json", "vae/config.json")
+_SD_INPAINT_FILES = (
+    ModelFile("checkpoint", "sd15-inpainting/sd-v1-5-inpainting.ckpt", f"{_SDI}/sd-v1-5-inpainting.ckpt",
+              4265437280, "c6bbc15e3224e6973459ba78de4998b80b50112b0ae5b5c67113d56b4e366b19"),
+    *(ModelFile(f"config/{rel}", f"sd15-inpainting/config/{rel}", f"{_SDI}/{rel}", 0, NO_DIGEST)
+      for rel in _SD_INPAINT_CONFIGS),
+)
+
+
+def revision_pinned_config(mf: ModelFile) -> bool:
+    """True for a file that may lack a digest: a small config file of a commit-pinned repository."""
+    return (mf.sha256 == NO_DIGEST and mf.role.startswith("config/") and mf.filename.endswith(CONFIG_SUFFIXES)
+            and _COMMIT_URL.search(mf.url) is not None)
+
+
 #: Labelling preset -> inpainting model used by `labelfleet edit` (tiny-random pairs with tiny random weights).
 EDIT_INPAINTERS = {"tiny-random": "sd_inpaint_tiny"}
 DEFAULT_INPAINTER = "sd15_inpaint"
@@ -133,8 +150,8 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("sam_tiny", "segmenter", "tiny random-weight SAM (tests only; labels are meaningless)",
                   generated=True),
         # --- issue 14: inpainting models for `labelfleet edit` -------------------------------------
-        ModelSpec("sd15_inpaint", "inpainter", "Stable Diffusion 1.5 inpainting (diffusers, fp16 files) - "
-                  "digests TO BE VERIFIED", _SD_INPAINT_FILES),
+        ModelSpec("sd15_inpaint", "inpainter", "Stable Diffusion 1.5 inpainting (sd-v1-5-inpainting.ckpt, "
+                  f"revision {SD_INPAINT_REVISION[:10]})", _SD_INPAINT_FILES),
         ModelSpec("sd_inpaint_tiny", "inpainter", "tiny random-weight SD inpainting (tests only; edits are "
                   "meaningless)", generated=True),
     )

@@ -2,7 +2,10 @@
 
 Layout: ``<model_dir>/<filename>``; a partial download is ``<filename>.part``
 and is resumed with an HTTP ``Range`` request. A finished file is checked
-against its pinned sha256 before it is renamed into place.
+against its pinned sha256 before it is renamed into place. The only files without
+a pinned sha256 are small config files of a commit-pinned repository
+(:func:`~labelfleet.models.catalog.revision_pinned_config`): they are fetched whole
+(checked against Content-Length) and their observed sha256 is written next to them.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from labelfleet.errors import ChecksumError, ModelUnavailableError
-from labelfleet.models.catalog import ModelFile
+from labelfleet.models.catalog import NO_DIGEST, ModelFile, revision_pinned_config
 
 logger = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -37,11 +40,13 @@ def sha256_file(path: Path) -> str:
 
 def missing_message(mf: ModelFile, dest: Path, reason: str) -> str:
     """The one message users see when a model file cannot be had."""
+    pinned = (f"size {mf.size:,} bytes, sha256 {mf.sha256}" if mf.sha256 != NO_DIGEST
+              else "a config file pinned by the repository revision in its URL")
     return (
         f"model file {mf.filename} is not available: {reason}.\n"
         f"  Download it from {mf.url}\n"
         f"  and put it at {dest}\n"
-        f"  (size {mf.size:,} bytes, sha256 {mf.sha256}), or run `labelfleet models fetch` with internet access.\n"
+        f"  ({pinned}), or run `labelfleet models fetch` with internet access.\n"
         "  To try labelfleet without any download: --models tiny-random (random weights, meaningless labels)."
     )
 
@@ -65,8 +70,14 @@ def download(mf: ModelFile, dest: Path, *, progress: ProgressFn | None = None, t
     Raises :class:`ModelUnavailableError` when offline, the server fails or the
     transfer stops early (the partial file is kept for the next try), and
     :class:`ChecksumError` when the bytes do not match the pinned hash (the
-    bad file is removed so the next try starts clean).
+    bad file is removed so the next try starts clean). A file without a pinned
+    digest that is not a revision-pinned config file is refused (ChecksumError).
     """
+    if mf.sha256 == NO_DIGEST:
+        if not revision_pinned_config(mf):
+            raise ChecksumError(f"{mf.filename}: the catalog pins no sha256 for it and it is not a config file of "
+                                "a commit-pinned repository; refusing to download unverifiable weights")
+        return _download_config(mf, dest, timeout)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest.with_name(dest.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -112,10 +123,43 @@ def _fetch(mf: ModelFile, dest: Path, part: Path, progress: ProgressFn | None, t
             mf, dest, f"download stopped at {done:,} of {mf.size:,} bytes; run the command again to resume"))
 
 
+def _download_config(mf: ModelFile, dest: Path, timeout: float) -> Path:
+    """Fetch a small revision-pinned config file whole (Content-Length checked, no resume); its observed
+    sha256 goes to ``<file>.sha256``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        resp, _ = _open(mf.url, 0, timeout)
+        with resp:  # type: ignore[attr-defined]
+            expected = int(resp.headers.get("Content-Length") or 0)  # type: ignore[attr-defined]
+            body = resp.read()  # type: ignore[attr-defined]
+    except urllib.error.HTTPError as exc:
+        raise ModelUnavailableError(missing_message(mf, dest, f"{mf.url} answered HTTP {exc.code}")) from exc
+    except http.client.IncompleteRead as exc:
+        got, total = len(exc.partial), len(exc.partial) + (exc.expected or 0)
+        raise ModelUnavailableError(missing_message(
+            mf, dest, f"download stopped at {got:,} of {total:,} bytes; run the command again")) from exc
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+        raise ModelUnavailableError(missing_message(mf, dest, f"cannot download {mf.url} ({exc})")) from exc
+    if expected and len(body) != expected:
+        raise ModelUnavailableError(missing_message(
+            mf, dest, f"download stopped at {len(body):,} of {expected:,} bytes; run the command again"))
+    part.write_bytes(body)
+    os.replace(part, dest)
+    digest = hashlib.sha256(body).hexdigest()
+    dest.with_name(dest.name + ".sha256").write_text(f"{digest} observed (pinned by the repository revision)\n")
+    return dest
+
+
 def verify(mf: ModelFile, path: Path) -> str | None:
-    """Return ``None`` if ``path`` exists with the pinned size and sha256, else a reason."""
+    """Return ``None`` if ``path`` exists with the pinned size and sha256, else a reason.
+
+    A revision-pinned config file (no digest in the catalog) only has to exist and be non-empty.
+    """
     if not path.exists():
         return "missing"
+    if mf.sha256 == NO_DIGEST and revision_pinned_config(mf):
+        return None if path.stat().st_size > 0 else "empty"
     size = path.stat().st_size
     if size != mf.size:
         return f"size {size:,} != expected {mf.size:,}"
