@@ -57,3 +57,16 @@ def test_mask_records_scale_with_the_crop_not_the_frame() -> None:
     small = json.dumps(encode_mask_record(crop, 10, 20, (866, 1155)))
     large = json.dumps(encode_mask_record(crop, 4000, 3000, (6000, 8000)))
     assert abs(len(small) - len(large)) <= 8 and len(large) < 4096, (len(small), len(large))
+
+
+def test_mask_benchmark_windowed_post_processing_equals_sams(tmp_path: Path) -> None:
+    """``benchmarks.masks``: labelfleet's windowed masks equal ``Sam.postprocess_masks``' for both kinds of logits,
+    and a compact mask's record stays far below 4 KB."""
+    from benchmarks import masks
+
+    out = tmp_path / "masks.json"
+    record = masks.main(["--masks", "4", "--repeats", "1", "--frame", "320x240", "--json", str(out)])
+    assert json.loads(out.read_text()) == record
+    by_kind = {r["kind"]: r for r in record["results"]}
+    assert by_kind["compact"]["same_masks"] and by_kind["noisy"]["same_masks"]
+    assert by_kind["compact"]["record_bytes"] < 4096

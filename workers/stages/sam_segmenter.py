@@ -29,6 +29,7 @@ import torch
 from labelfleet.masks import encode_mask_record, mask_record_full
 from labelfleet.types import BoolArray, RGBImage
 from workers.stages.precision import amp_dtype, autocast
+from workers.stages.sam_attention import install_chunked_attention
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ class SamSegmenter:
             )
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        install_chunked_attention(self.model.image_encoder)  # global blocks: bounded attention maps
         self.img_size = int(model.image_encoder.img_size)
         self.transform = ResizeLongestSide(self.img_size)
         self.encoder_batch_size = encoder_batch_size
