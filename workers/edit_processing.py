@@ -44,7 +44,7 @@ from labelfleet.storage.dest import Destination
 from labelfleet.types import BoolArray
 from workers.inpaint import Inpainter
 from workers.pipeline import ImageLabels, Pipeline
-from workers.processing import ItemProcessor, ProcessStats, _Row, labels_to_rows
+from workers.processing import TIME_LIMIT_ERRORS, ItemProcessor, ProcessStats, _as_infra, _Row, labels_to_rows
 
 logger = logging.getLogger(__name__)
 RANDOM_NOTE = "random weights - this edit is meaningless"
@@ -91,7 +91,7 @@ class EditProcessor(ItemProcessor):
         self._targets = {normalize_class(t) for t in params.targets}
 
     def _run_batch(self, batch: list[tuple[_Row, DecodedImage, float]], stats: ProcessStats) -> None:
-        if self.pipeline is not None:  # masks from the labelling pipeline; calls _write per image
+        if self.pipeline is not None:  # masks from the labelling pipeline; calls _store per batch
             super()._run_batch(batch, stats)
             return
         for row, decoded, t_read in batch:
@@ -104,9 +104,18 @@ class EditProcessor(ItemProcessor):
             except Exception as exc:
                 self._record_error(row, exc, stats)
 
-    def _write(self, row: _Row, decoded: DecodedImage, t_read: float, labels: ImageLabels,
+    def _store(self, batch: list[tuple[_Row, DecodedImage, float]], results: list[ImageLabels],
                stats: ProcessStats) -> None:
-        self._edit(row, decoded, t_read, labels_to_rows(labels).detections, stats)
+        """Edit each labelled image in this thread (the inpainting model is the work; no writer thread)."""
+        for (row, decoded, t_read), labels in zip(batch, results, strict=True):
+            try:
+                self._edit(row, decoded, t_read, labels_to_rows(labels).detections, stats)
+            except (OperationalError, InterfaceError) as exc:
+                raise _as_infra(exc) from exc  # the database is down: items go back uncharged, the task retries
+            except TIME_LIMIT_ERRORS:
+                raise
+            except Exception as exc:
+                self._record_error(row, exc, stats)
 
     def _edit(self, row: _Row, decoded: DecodedImage, t_read: float, rows: list[dict[str, Any]],
               stats: ProcessStats) -> None:

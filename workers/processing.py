@@ -1,9 +1,11 @@
 """Process leased items: read -> decode -> pipeline -> write labels. Shared by local mode and Celery tasks.
 
-Reading and decoding run in a thread pool ahead of the models, so I/O
-overlaps compute. Every item ends in exactly one recorded outcome: done
-(labels written in the same transaction), failed / skipped (with the reason),
-back to pending (retryable error, attempt counted) or poison (too many attempts).
+Reading and decoding run in a thread pool ahead of the models, and a writer
+thread stores each batch (one transaction, one bulk insert of its tags and
+predictions) while the next batch is in the models, so I/O overlaps compute.
+Every item ends in exactly one recorded outcome: done (labels written in the
+same transaction), failed / skipped (with the reason), back to pending
+(retryable error, attempt counted) or poison (too many attempts).
 
 Errors are classified (see :func:`infrastructure_error`): item errors (a bad
 image, a vanished object) are recorded on the item; infrastructure errors
@@ -150,9 +152,12 @@ class ItemProcessor:
         self.in_progress: list[int] = []  # ids of the batch in the models right now (charged on a time limit)
         self._read_facts: dict[str, dict[str, Any]] = {}  # key -> facts of the bytes actually read (etag)
         self.pool = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="decode")
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        self._writing: Future[None] | None = None  # the batch being written while the next one is computed
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.writer.shutdown(wait=True)
 
     def _load(self, key: str) -> tuple[DecodedImage, float]:
         t0 = time.perf_counter()
@@ -175,20 +180,23 @@ class ItemProcessor:
         except (OperationalError, InterfaceError) as exc:
             raise _as_infra(exc) from exc
         batch: list[tuple[_Row, DecodedImage, float]] = []
-        for row, fut in self._read_ahead(rows):
-            try:
-                decoded, t_read = fut.result()
-            except TIME_LIMIT_ERRORS:
-                raise
-            except Exception as exc:
-                self._record_error(row, exc, stats)
-                continue
-            batch.append((row, decoded, t_read))
-            if len(batch) >= self.batch_size:
+        try:
+            for row, fut in self._read_ahead(rows):
+                try:
+                    decoded, t_read = fut.result()
+                except TIME_LIMIT_ERRORS:
+                    raise
+                except Exception as exc:
+                    self._record_error(row, exc, stats)
+                    continue
+                batch.append((row, decoded, t_read))
+                if len(batch) >= self.batch_size:
+                    self._run_batch(batch, stats)
+                    batch = []
+            if batch:
                 self._run_batch(batch, stats)
-                batch = []
-        if batch:
-            self._run_batch(batch, stats)
+        finally:
+            self._wait_written()  # every result is in the database (or its error raised) before we return
         return stats
 
     def _read_ahead(self, rows: list[_Row]) -> Iterator[tuple[_Row, Future[tuple[DecodedImage, float]]]]:
@@ -230,16 +238,22 @@ class ItemProcessor:
             for one in batch:
                 self._run_batch([one], stats)
             return
-        for (row, decoded, t_read), labels in zip(batch, results, strict=True):
-            try:
-                self._write(row, decoded, t_read, labels, stats)
-            except (OperationalError, InterfaceError) as exc:
-                raise _as_infra(exc) from exc  # the database is down: items go back uncharged, the task retries
-            except TIME_LIMIT_ERRORS:
-                raise
-            except Exception as exc:
-                self._record_error(row, exc, stats)
+        self._store(batch, results, stats)
         self.in_progress = []
+
+    def _store(self, batch: list[tuple[_Row, DecodedImage, float]], results: list[ImageLabels],
+               stats: ProcessStats) -> None:
+        """Hand a labelled batch to the writer thread (after the previous batch is written)."""
+        done = [(row, self._finished(row, decoded, t_read, labels)) for (row, decoded, t_read), labels
+                in zip(batch, results, strict=True)]
+        self._wait_written()  # at most one batch waits for the database while the next is computed
+        self._writing = self.writer.submit(self._write, done, stats)
+
+    def _wait_written(self) -> None:
+        """Wait for the batch being written; a database outage is raised here, in the caller's thread."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
 
     def _retry_smaller(self, batch: list[tuple[_Row, DecodedImage, float]], exc: BaseException,
                        stats: ProcessStats) -> None:
@@ -259,23 +273,42 @@ class ItemProcessor:
         self._run_batch(batch[:half], stats)
         self._run_batch(batch[half:], stats)
 
-    def _write(self, row: _Row, decoded: DecodedImage, t_read: float, labels: ImageLabels,
-               stats: ProcessStats) -> None:
+    def _finished(self, row: _Row, decoded: DecodedImage, t_read: float, labels: ImageLabels) -> repo.FinishedItem:
+        """The rows and facts to store for one labelled item (``write`` = building its rows, in seconds)."""
         t0 = time.perf_counter()
         rows = labels_to_rows(labels)
         timings = {"read_decode": round(t_read, 6), **{k: round(v, 6) for k, v in labels.timings.items()}}
         facts: dict[str, Any] = {"sha256": decoded.sha256, "size": decoded.size, "width": decoded.width,
                                  "height": decoded.height, "timings": timings}
         facts.update(self._read_facts.pop(row.key, {}))  # the ETag of the bytes labelled (issue 10)
-        with self.factory() as s:
-            timings["write"] = round(time.perf_counter() - t0, 6)
-            ok = repo.finish_item(s, row.id, self.owner, rows, facts=facts,
-                                  overwrite_reviewed=self.settings.overwrite_reviewed)
-        if ok:
-            stats.add(ItemStatus.DONE)
-            self._notify(ItemStatus.DONE)
-        else:
-            stats.lost += 1
+        timings["write"] = round(time.perf_counter() - t0, 6)
+        return repo.FinishedItem(row.id, rows, facts)
+
+    def _write(self, done: list[tuple[_Row, repo.FinishedItem]], stats: ProcessStats) -> None:
+        """Writer thread: one transaction for the batch; if it fails for an item's sake, one item at a time.
+
+        A database outage raises :class:`InfrastructureError` (items go back uncharged, the task retries).
+        """
+        try:
+            with self.factory() as s:
+                written = repo.finish_items(s, self.owner, [f for _, f in done],
+                                            overwrite_reviewed=self.settings.overwrite_reviewed)
+        except (OperationalError, InterfaceError) as exc:
+            raise _as_infra(exc) from exc
+        except Exception as exc:
+            if len(done) == 1:
+                self._record_error(done[0][0], exc, stats)
+                return
+            logger.warning("writing a batch of %d failed (%s); writing one item at a time", len(done), exc)
+            for one in done:
+                self._write([one], stats)
+            return
+        for ok in written:
+            if ok:
+                stats.add(ItemStatus.DONE)
+                self._notify(ItemStatus.DONE)
+            else:
+                stats.lost += 1
 
     def _record_error(self, row: _Row, exc: BaseException, stats: ProcessStats) -> None:
         status, reason = classify_error(exc, row.attempts, self.settings.max_attempts)

@@ -212,35 +212,70 @@ def prediction_rows(session: Session, item_id: int, run_id: int, detections: lis
     return [{**d, "item_id": item_id, "run_id": run_id, "idx": start + i} for i, d in enumerate(detections)]
 
 
+@dataclass(frozen=True)
+class FinishedItem:
+    """One labelled item to write: its tags and predictions and the facts of the bytes labelled."""
+
+    item_id: int
+    labels: LabelRows
+    facts: dict[str, Any]
+
+
 def finish_item(session: Session, item_id: int, owner: str, labels: LabelRows, *,
                 facts: dict[str, Any], overwrite_reviewed: bool = False) -> bool:
-    """Write the item's tags and predictions (current run) and mark it done, in one transaction.
+    """Write one item's tags and predictions and mark it done (see :func:`finish_items`)."""
+    return finish_items(session, owner, [FinishedItem(item_id, labels, facts)],
+                        overwrite_reviewed=overwrite_reviewed)[0]
 
-    Review decisions are never touched unless ``overwrite_reviewed`` (see
-    :func:`prediction_rows`). Only commits while ``owner`` still holds the lease;
-    returns False (and writes nothing) if the lease was lost.
+
+def finish_items(session: Session, owner: str, done: Sequence[FinishedItem], *,
+                 overwrite_reviewed: bool = False) -> list[bool]:
+    """Write the items' tags and predictions (current run) and mark them done, in one transaction.
+
+    One ``UPDATE`` per item (its facts differ), then one delete of the old tags and one
+    insert each of all tags and all predictions. Review decisions are never touched unless
+    ``overwrite_reviewed`` (see :func:`prediction_rows`). An item is written only while
+    ``owner`` still holds its lease; returns per item whether it was written (False: the
+    lease was lost and nothing of that item was written). If no item was written the
+    transaction is rolled back, including what the caller added to it.
     """
-    stmt = (
-        update(Item)
-        .where(Item.id == item_id, Item.lease_owner == owner, Item.status == ItemStatus.RUNNING)
-        .values(status=ItemStatus.DONE, error=None, lease_owner=None, lease_expires_at=None,
-                finished_at=utcnow(), **facts)
-        .returning(Item.job_id)
-    )
-    job_id = session.scalar(stmt)
-    if job_id is None:
+    ok: list[bool] = []
+    tags: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    runs: dict[int, int] = {}
+    floor: int | None = None  # SQLite: the largest prediction id before this batch deletes any
+    for f in done:
+        stmt = (
+            update(Item)
+            .where(Item.id == f.item_id, Item.lease_owner == owner, Item.status == ItemStatus.RUNNING)
+            .values(status=ItemStatus.DONE, error=None, lease_owner=None, lease_expires_at=None,
+                    finished_at=utcnow(), **f.facts)
+            .returning(Item.job_id)
+        )
+        job_id = session.scalar(stmt)
+        ok.append(job_id is not None)
+        if job_id is None:
+            logger.warning("item %s: lease lost before its labels were written; another worker owns it", f.item_id)
+            continue
+        if floor is None and session.get_bind().dialect.name == "sqlite":  # we hold the write lock now
+            floor = int(session.scalar(select(func.max(Detection.id))) or 0)
+        run_id = runs[job_id] = runs.get(job_id) or current_run_id(session, job_id)
+        rows += prediction_rows(session, f.item_id, run_id, f.labels.detections,
+                                overwrite_reviewed=overwrite_reviewed)
+        tags += [{"item_id": f.item_id, "name": n, "score": sc} for n, sc in f.labels.tags]
+    written = [f.item_id for f, w in zip(done, ok, strict=True) if w]
+    if not written:  # every lease lost: nothing of ours to keep (nor what the caller added to this transaction)
         session.rollback()
-        logger.warning("item %s: lease lost before its labels were written; another worker owns it", item_id)
-        return False
-    session.execute(delete(ItemTag).where(ItemTag.item_id == item_id))
-    rows = prediction_rows(session, item_id, current_run_id(session, job_id), labels.detections,
-                           overwrite_reviewed=overwrite_reviewed)
-    if labels.tags:
-        session.execute(insert(ItemTag), [{"item_id": item_id, "name": n, "score": s} for n, s in labels.tags])
+        return ok
+    session.execute(delete(ItemTag).where(ItemTag.item_id.in_(written)))
+    if tags:
+        session.execute(insert(ItemTag), tags)
     if rows:
+        if floor is not None:  # SQLite would reuse the ids of the rows just deleted; ids only grow
+            rows = [{**r, "id": floor + i} for i, r in enumerate(rows, start=1)]
         session.execute(insert(Detection), rows)
     session.commit()
-    return True
+    return ok
 
 
 def end_item(session: Session, item_id: int, owner: str, status: ItemStatus, error: str,
