@@ -97,10 +97,11 @@ def add_items(session: Session, job: Job, refs: Iterable[ImageRef], *, batch_siz
         nonlocal added
         if not batch:
             return
-        # executemany: the statement compiles once and the driver batches the rows ("insertmanyvalues"),
-        # instead of compiling a 1,000-row VALUES clause per batch
-        stmt = _insert_ignore(session).on_conflict_do_nothing(index_elements=["job_id", "key"]).returning(Item.id)
-        added += len(session.connection().execute(stmt, batch).all())
+        if session.get_bind().dialect.name == "postgresql":
+            added += copy_items(session, job.id, batch)
+        else:  # executemany: the statement compiles once and the driver batches the rows
+            stmt = _insert_ignore(session).on_conflict_do_nothing(index_elements=["job_id", "key"]).returning(Item.id)
+            added += len(session.connection().execute(stmt, batch).all())
         job.listing_cursor = batch[-1]["key"]
         session.commit()
         batch.clear()
@@ -113,6 +114,27 @@ def add_items(session: Session, job: Job, refs: Iterable[ImageRef], *, batch_siz
     flush()
     job.listing_done = True
     session.commit()
+    return added
+
+
+def copy_items(session: Session, job_id: int, rows: Sequence[dict[str, Any]]) -> int:
+    """PostgreSQL: ``COPY`` the rows' ``key``/``size``/``etag`` into a session temp table, then ONE
+    ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` (ids in key order); returns rows inserted. No commit.
+
+    The temp table empties itself at commit (``ON COMMIT DELETE ROWS``) and vanishes on rollback.
+    """
+    raw = session.connection().connection.driver_connection
+    with raw.cursor() as cur:  # type: ignore[union-attr]
+        cur.execute("CREATE TEMP TABLE IF NOT EXISTS lf_items_in (key text, size bigint, etag varchar(200)) "
+                    "ON COMMIT DELETE ROWS")
+        with cur.copy("COPY lf_items_in (key, size, etag) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row((r["key"], r["size"], r["etag"]))
+        cur.execute("INSERT INTO items (job_id, key, size, etag, status, attempts) "
+                    "SELECT %s, key, size, etag, %s, 0 FROM lf_items_in ORDER BY key "
+                    "ON CONFLICT (job_id, key) DO NOTHING", (job_id, str(ItemStatus.PENDING)))
+        added = int(cur.rowcount)
+        cur.execute("TRUNCATE lf_items_in")  # the caller may add another batch before it commits
     return added
 
 
