@@ -25,8 +25,11 @@ CLAIM_ITEMS = 1024
 
 def enqueue_pending(factory: sessionmaker[Session], job_id: int, broker_url: str, *, chunk_size: int,
                     older_than_s: float | None = None, held: Collection[str] | None = None,
-                    on_chunk: Callable[[int], None] | None = None) -> int:
+                    on_chunk: Callable[[int], None] | None = None, whole_chunks: bool = False) -> int:
     """Enqueue the job's pending items, ``chunk_size`` IDs per message; returns how many items.
+
+    ``whole_chunks`` (while a listing still adds items) leaves a last, partial chunk of
+    never-enqueued items for a later call.
 
     ``older_than_s=None`` enqueues only items never enqueued. A number also
     re-enqueues items last enqueued longer ago than that whose message is not
@@ -47,7 +50,7 @@ def enqueue_pending(factory: sessionmaker[Session], job_id: int, broker_url: str
         queue = job.queue
     total = 0
     with chunk_publisher(broker_url) as publish:
-        for chunks in _claimed_batches(factory, job_id, chunk_size, older_than_s, held):
+        for chunks in _claimed_batches(factory, job_id, chunk_size, older_than_s, held, whole_chunks):
             for chunk, message_id in chunks:
                 publish(queue, job_id, chunk, message_id)
                 total += len(chunk)
@@ -57,12 +60,16 @@ def enqueue_pending(factory: sessionmaker[Session], job_id: int, broker_url: str
 
 
 def _claimed_batches(factory: sessionmaker[Session], job_id: int, chunk_size: int, older_than_s: float | None,
-                     held: Collection[str] | None) -> Iterator[list[tuple[list[int], str]]]:
+                     held: Collection[str] | None, whole_chunks: bool = False
+                     ) -> Iterator[list[tuple[list[int], str]]]:
     """Yield lists of ``(item ids, message id)`` chunks, each list claimed (committed) for this publisher."""
     pending = (Item.job_id == job_id) & (Item.status == ItemStatus.PENDING)
     cutoff = utcnow() - timedelta(seconds=older_than_s or 0)  # before claiming: fresh claims are never stale
     per_claim = max(1, CLAIM_ITEMS // chunk_size) * chunk_size
-    while chunks := _claim(factory, pending & Item.enqueued_at.is_(None), chunk_size, per_claim):
+    new = pending & Item.enqueued_at.is_(None)
+    while limit := (_whole(factory, new, chunk_size, per_claim) if whole_chunks else per_claim):
+        if not (chunks := _claim(factory, new, chunk_size, limit)):
+            break
         yield chunks
     if older_than_s is None:
         return
@@ -73,6 +80,13 @@ def _claimed_batches(factory: sessionmaker[Session], job_id: int, chunk_size: in
     for start in range(0, len(lost), per_claim):
         if chunks := _claim(factory, stale & Item.id.in_(lost[start:start + per_claim]), chunk_size, per_claim):
             yield chunks
+
+
+def _whole(factory: sessionmaker[Session], cond: Any, chunk_size: int, limit: int) -> int:
+    """Items to claim so that every chunk is full: a multiple of ``chunk_size``, at most ``limit``."""
+    with factory() as s:
+        n = int(s.scalar(select(func.count()).select_from(select(Item.id).where(cond).limit(limit).subquery())) or 0)
+    return n // chunk_size * chunk_size
 
 
 def _claim(factory: sessionmaker[Session], cond: Any, chunk_size: int, limit: int) -> list[tuple[list[int], str]]:
