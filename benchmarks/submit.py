@@ -82,7 +82,7 @@ def serve_s3(port: int, keys: int) -> None:
 def s3_server(keys: int) -> Iterator[str]:
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.submit", "--serve-s3", str(port), "--keys", str(keys)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", "moto server failed"
         yield f"http://127.0.0.1:{port}"

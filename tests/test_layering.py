@@ -11,7 +11,8 @@ CORE = ["labelfleet.types", "labelfleet.errors", "labelfleet.settings", "labelfl
         "labelfleet.captions", "labelfleet.stages", "labelfleet.pipeline_config", "labelfleet.tasknames",
         "labelfleet.storage", "labelfleet.storage.s3", "labelfleet.storage.local", "labelfleet.db.models",
         "labelfleet.db.repository", "labelfleet.db.queries", "labelfleet.db.migrate", "labelfleet.models.catalog",
-        "labelfleet.models.download", "labelfleet.logs", "labelfleet.cli", "labelfleet.db.labels"]
+        "labelfleet.models.download", "labelfleet.logs", "labelfleet.cli", "labelfleet.db.labels",
+        "labelfleet.db.bulk", "labelfleet.storage.s3_listing"]
 ORCHESTRATOR = ["orchestrator.jobs", "orchestrator.dispatch", "orchestrator.sweeper", "orchestrator.broker",
                 "orchestrator.deadletter",
                 "orchestrator.review", "orchestrator.review.convert", "orchestrator.review.sync",

@@ -20,6 +20,7 @@ from sqlalchemy import Select, and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from labelfleet.db.bulk import copy_items
 from labelfleet.db.models import (
     FINAL_STATUSES,
     Detection,
@@ -114,27 +115,6 @@ def add_items(session: Session, job: Job, refs: Iterable[ImageRef], *, batch_siz
     flush()
     job.listing_done = True
     session.commit()
-    return added
-
-
-def copy_items(session: Session, job_id: int, rows: Sequence[dict[str, Any]]) -> int:
-    """PostgreSQL: ``COPY`` the rows' ``key``/``size``/``etag`` into a session temp table, then ONE
-    ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` (ids in key order); returns rows inserted. No commit.
-
-    The temp table empties itself at commit (``ON COMMIT DELETE ROWS``) and vanishes on rollback.
-    """
-    raw = session.connection().connection.driver_connection
-    with raw.cursor() as cur:  # type: ignore[union-attr]
-        cur.execute("CREATE TEMP TABLE IF NOT EXISTS lf_items_in (key text, size bigint, etag varchar(200)) "
-                    "ON COMMIT DELETE ROWS")
-        with cur.copy("COPY lf_items_in (key, size, etag) FROM STDIN") as copy:
-            for r in rows:
-                copy.write_row((r["key"], r["size"], r["etag"]))
-        cur.execute("INSERT INTO items (job_id, key, size, etag, status, attempts) "
-                    "SELECT %s, key, size, etag, %s, 0 FROM lf_items_in ORDER BY key "
-                    "ON CONFLICT (job_id, key) DO NOTHING", (job_id, str(ItemStatus.PENDING)))
-        added = int(cur.rowcount)
-        cur.execute("TRUNCATE lf_items_in")  # the caller may add another batch before it commits
     return added
 
 
