@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,8 +43,21 @@ def enqueue_chunk(broker_url: str, queue: str, job_id: int, item_ids: Sequence[i
                   message_id: str | None = None) -> None:
     """Publish one chunk: ``process_chunk(job_id=..., item_ids=[...])`` onto ``queue`` as task ``message_id``
     (``edit_chunk`` on edit queues, see :func:`labelfleet.tasknames.task_for_queue`)."""
-    producer(broker_url).send_task(task_for_queue(queue), kwargs={"job_id": job_id, "item_ids": list(item_ids)},
-                                   queue=queue, serializer="json", task_id=message_id)
+    with chunk_publisher(broker_url) as publish:
+        publish(queue, job_id, item_ids, message_id)
+
+
+@contextmanager
+def chunk_publisher(broker_url: str) -> Iterator[Callable[[str, int, Sequence[int], str | None], None]]:
+    """``publish(queue, job_id, item_ids, message_id)`` as :func:`enqueue_chunk`, all through ONE producer
+    (connection and channel acquired once, not per message)."""
+    app = producer(broker_url)
+    with app.producer_or_acquire() as prod:
+        def publish(queue: str, job_id: int, item_ids: Sequence[int], message_id: str | None) -> None:
+            app.send_task(task_for_queue(queue), kwargs={"job_id": job_id, "item_ids": list(item_ids)},
+                          queue=queue, serializer="json", task_id=message_id, producer=prod)
+
+        yield publish
 
 
 def redis_client(broker_url: str) -> Any:

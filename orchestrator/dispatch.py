@@ -7,31 +7,39 @@ from collections.abc import Callable, Collection, Iterator
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import String, cast, func, literal, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from labelfleet.db.models import Item, ItemStatus, Job, JobState
 from labelfleet.db.repository import rowcount, utcnow
 from labelfleet.errors import ConfigError
 from labelfleet.tasknames import MAX_CHUNK_ITEMS
-from orchestrator.broker import enqueue_chunk, new_message_id
+from orchestrator.broker import chunk_publisher, new_message_id
 
 logger = logging.getLogger(__name__)
 
 
+#: Items claimed per statement: ``CLAIM_ITEMS // chunk_size`` chunks (at least one) get their message ids at once.
+CLAIM_ITEMS = 1024
+
+
 def enqueue_pending(factory: sessionmaker[Session], job_id: int, broker_url: str, *, chunk_size: int,
                     older_than_s: float | None = None, held: Collection[str] | None = None,
-                    on_chunk: Callable[[int], None] | None = None) -> int:
+                    on_chunk: Callable[[int], None] | None = None, whole_chunks: bool = False) -> int:
     """Enqueue the job's pending items, ``chunk_size`` IDs per message; returns how many items.
+
+    ``whole_chunks`` (while a listing still adds items) leaves a last, partial chunk of
+    never-enqueued items for a later call.
 
     ``older_than_s=None`` enqueues only items never enqueued. A number also
     re-enqueues items last enqueued longer ago than that whose message is not
     in ``held`` (message ids the broker still holds, from
     :func:`orchestrator.broker.held_message_ids`; None = unknown, re-enqueue them all).
-    Each chunk is claimed by ONE conditional ``UPDATE ... RETURNING`` that sets
-    ``enqueued_at`` and ``message_id`` before the message is published, so two
-    concurrent submits or sweepers never publish the same item twice; a crash
-    in between only delays the chunk until the sweeper finds its message missing.
+    Chunks are claimed by ONE conditional ``UPDATE ... RETURNING`` per ``CLAIM_ITEMS``
+    items that sets ``enqueued_at`` and each chunk's own ``message_id`` before any of
+    those messages is published (through one broker connection), so two concurrent
+    submits or sweepers never publish the same item twice; a crash in between only
+    delays those chunks until the sweeper finds their messages missing.
     """
     if not 1 <= chunk_size <= MAX_CHUNK_ITEMS:
         raise ConfigError(f"chunk size must be between 1 and {MAX_CHUNK_ITEMS}, got {chunk_size}")
@@ -41,35 +49,49 @@ def enqueue_pending(factory: sessionmaker[Session], job_id: int, broker_url: str
             return 0
         queue = job.queue
     total = 0
-    for chunk, message_id in _claimed_chunks(factory, job_id, chunk_size, older_than_s, held):
-        enqueue_chunk(broker_url, queue, job_id, chunk, message_id)
-        total += len(chunk)
-        if on_chunk:
-            on_chunk(len(chunk))
+    with chunk_publisher(broker_url) as publish:
+        for chunks in _claimed_batches(factory, job_id, chunk_size, older_than_s, held, whole_chunks):
+            for chunk, message_id in chunks:
+                publish(queue, job_id, chunk, message_id)
+                total += len(chunk)
+                if on_chunk:
+                    on_chunk(len(chunk))
     return total
 
 
-def _claimed_chunks(factory: sessionmaker[Session], job_id: int, chunk_size: int, older_than_s: float | None,
-                    held: Collection[str] | None) -> Iterator[tuple[list[int], str]]:
-    """Yield ``(item ids, message id)`` chunks, each already claimed (committed) for this publisher."""
+def _claimed_batches(factory: sessionmaker[Session], job_id: int, chunk_size: int, older_than_s: float | None,
+                     held: Collection[str] | None, whole_chunks: bool = False
+                     ) -> Iterator[list[tuple[list[int], str]]]:
+    """Yield lists of ``(item ids, message id)`` chunks, each list claimed (committed) for this publisher."""
     pending = (Item.job_id == job_id) & (Item.status == ItemStatus.PENDING)
     cutoff = utcnow() - timedelta(seconds=older_than_s or 0)  # before claiming: fresh claims are never stale
-    while chunk := _claim(factory, pending & Item.enqueued_at.is_(None), chunk_size, message_id := new_message_id()):
-        yield chunk, message_id
+    per_claim = max(1, CLAIM_ITEMS // chunk_size) * chunk_size
+    new = pending & Item.enqueued_at.is_(None)
+    while limit := (_whole(factory, new, chunk_size, per_claim) if whole_chunks else per_claim):
+        if not (chunks := _claim(factory, new, chunk_size, limit)):
+            break
+        yield chunks
     if older_than_s is None:
         return
     stale = pending & (Item.enqueued_at < cutoff)
     with factory() as s:
         rows = s.execute(select(Item.id, Item.message_id).where(stale).order_by(Item.id)).all()
     lost = [i for i, m in rows if held is None or m not in held]
-    for start in range(0, len(lost), chunk_size):
-        if chunk := _claim(factory, stale & Item.id.in_(lost[start:start + chunk_size]), chunk_size,
-                           message_id := new_message_id()):
-            yield chunk, message_id
+    for start in range(0, len(lost), per_claim):
+        if chunks := _claim(factory, stale & Item.id.in_(lost[start:start + per_claim]), chunk_size, per_claim):
+            yield chunks
 
 
-def _claim(factory: sessionmaker[Session], cond: Any, limit: int, message_id: str) -> list[int]:
-    """Mark up to ``limit`` items matching ``cond`` enqueued as ``message_id``; returns their ids, sorted.
+def _whole(factory: sessionmaker[Session], cond: Any, chunk_size: int, limit: int) -> int:
+    """Items to claim so that every chunk is full: a multiple of ``chunk_size``, at most ``limit``."""
+    with factory() as s:
+        n = int(s.scalar(select(func.count()).select_from(select(Item.id).where(cond).limit(limit).subquery())) or 0)
+    return n // chunk_size * chunk_size
+
+
+def _claim(factory: sessionmaker[Session], cond: Any, chunk_size: int, limit: int) -> list[tuple[list[int], str]]:
+    """Mark up to ``limit`` items matching ``cond`` enqueued, ``chunk_size`` consecutive ones per message id
+    (``<uuid4>-<n>``); returns ``(sorted ids, message id)`` per chunk, in id order. One statement.
 
     PostgreSQL: the candidates are locked ``FOR UPDATE SKIP LOCKED``, which
     re-checks ``cond`` on the newest version of each locked row, so a concurrent
@@ -80,12 +102,18 @@ def _claim(factory: sessionmaker[Session], cond: Any, limit: int, message_id: st
         sub = select(Item.id).where(cond).order_by(Item.id).limit(limit)
         if s.get_bind().dialect.name == "postgresql":
             sub = sub.with_for_update(skip_locked=True)
+        picked = sub.subquery()  # the window function sits outside: PostgreSQL forbids it next to FOR UPDATE
+        nth = (func.row_number().over(order_by=picked.c.id) - 1) // chunk_size
+        numbered = select(picked.c.id, (literal(f"{new_message_id()}-") + cast(nth, String)).label("mid")).subquery()
         # No second copy of ``cond`` out here: PostgreSQL would then re-run the LIMIT subquery per row.
-        ids = s.scalars(update(Item).where(Item.id.in_(sub.scalar_subquery()))
-                        .values(enqueued_at=utcnow(), message_id=message_id).returning(Item.id)
-                        .execution_options(synchronize_session=False)).all()
+        rows = s.execute(update(Item).where(Item.id == numbered.c.id)
+                         .values(enqueued_at=utcnow(), message_id=numbered.c.mid).returning(Item.id, Item.message_id)
+                         .execution_options(synchronize_session=False)).all()
         s.commit()
-    return sorted(ids)
+    chunks: dict[str, list[int]] = {}
+    for item_id, message_id in rows:
+        chunks.setdefault(str(message_id), []).append(item_id)
+    return sorted(((sorted(ids), m) for m, ids in chunks.items()), key=lambda c: c[0][0])
 
 
 def set_state(factory: sessionmaker[Session], job_id: int, state: JobState) -> None:

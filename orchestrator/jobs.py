@@ -60,12 +60,13 @@ class Listing:
 
 def list_job(factory: sessionmaker[Session], *, name: str, source: Source, config: dict[str, Any],
              models: dict[str, Any], queue: str | None = None, on_listed: Callable[[int], None] | None = None,
-             relist: bool = True, changed: bool = False) -> Listing:
+             relist: bool = True, changed: bool = False, on_job: Callable[[int], None] | None = None) -> Listing:
     """Create (or continue) job ``name`` and list its source into items.
 
     A first listing resumes after ``job.listing_cursor`` when an earlier one was
     interrupted. Once a listing finished, ``relist`` lists the whole source again and
-    adds the new keys; ``changed`` also puts changed keys back to pending.
+    adds the new keys; ``changed`` also puts changed keys back to pending. ``on_job(job_id)``
+    is called once the job row is committed, before any key is listed.
     """
     with factory() as s:
         try:
@@ -76,6 +77,8 @@ def list_job(factory: sessionmaker[Session], *, name: str, source: Source, confi
             job, created = repo.get_or_create_job(s, name, source.uri, config, models, queue)
             s.commit()
         out = Listing(job.id, created)
+        if on_job is not None:
+            on_job(job.id)
         if not job.listing_done:
             out.added = repo.add_items(s, job, _counted(source.list(start_after=job.listing_cursor), on_listed))
         elif relist:

@@ -4,6 +4,7 @@
   stored boxes equal the naive demo loop's (boxes_match == 1).
 * ``benchmarks.memory``: peak RSS of a 48 MP photo stays below 2x that of a 1 MP photo (masks are
   box-cropped records, never full-frame arrays), and a mask record is bounded by its crop.
+* ``benchmarks.submit`` on 1,500 moto keys: every phase reports, and the queue holds each item once.
 """
 
 from __future__ import annotations
@@ -70,3 +71,16 @@ def test_mask_benchmark_windowed_post_processing_equals_sams(tmp_path: Path) -> 
     by_kind = {r["kind"]: r for r in record["results"]}
     assert by_kind["compact"]["same_masks"] and by_kind["noisy"]["same_masks"]
     assert by_kind["compact"]["record_bytes"] < 4096
+
+
+def test_submit_benchmark_smoke(tmp_path: Path, pg_admin_engine: object) -> None:
+    from benchmarks import submit
+    from tests.conftest import PG_ADMIN_URL
+
+    out = tmp_path / "submit.json"
+    submit.main(["--keys", "1500", "--chunk-size", "32", "--db", PG_ADMIN_URL, "--json", str(out)])
+    record = json.loads(out.read_text())
+    assert record["image_keys"] == 1497 and record["exactly_once"] is True  # every 500th key is not an image
+    assert set(record["phases"]) == {"listing", "insert", "enqueue", "end_to_end"}
+    assert all(p["keys"] == 1497 and p["keys_per_s"] > 0 for p in record["phases"].values())
+    assert record["messages"] == -(-1497 // 32)

@@ -212,3 +212,32 @@ def test_racing_prepare_job_creates_one_job(tmp_path: Path, pg_url: str) -> None
     assert errors == [] and len({job_id for job_id, _ in results}) == 1
     assert sorted(created for _, created in results) == [False] * 5 + [True]
     engine.dispose()
+
+
+def test_submit_enqueues_while_listing_each_item_once_in_whole_chunks(tmp_path: Path, pg_url: str,
+                                                                     redis_server: RedisServer) -> None:  # noqa: F811
+    """``submit``'s enqueue overlaps its listing (issue 13): still every item once, and every message
+    full except the last; a second submit of the unchanged source enqueues nothing."""
+    import redis
+
+    from labelfleet.storage import open_source
+    from orchestrator.submit import list_and_enqueue
+
+    for i in range(2345):  # three listing batches of 1,000 and a partial one
+        (tmp_path / f"{i:05d}.jpg").write_bytes(b"\xff\xd8\xff")
+    engine = make_engine(pg_url)
+    migrate.upgrade(engine)
+    factory = session_factory(engine)
+    queue = f"lf.overlap-{uuid.uuid4().hex[:6]}"
+    for expected in (2345, 0):
+        listing, n = list_and_enqueue(factory, redis_server.url, chunk_size=8, name="ov",
+                                      source=open_source(str(tmp_path)), config={}, models={}, queue=queue)
+        assert n == expected
+    messages = _queued(redis.Redis.from_url(redis_server.url), queue)
+    published = Counter(i for _, ids in messages for i in ids)
+    with factory() as s:
+        all_ids = set(s.scalars(select(Item.id).where(Item.job_id == listing.job_id)).all())
+    assert set(published) == all_ids and max(published.values()) == 1 and len(all_ids) == 2345
+    sizes = sorted((len(ids) for _, ids in messages), reverse=True)
+    assert sizes[:-1] == [8] * (len(sizes) - 1) and sizes[-1] == 2345 % 8 == 1
+    engine.dispose()

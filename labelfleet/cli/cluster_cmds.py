@@ -75,8 +75,8 @@ def submit(
     from labelfleet.models.finetuned import parse_checkpoint_option
     from labelfleet.storage import open_source
     from labelfleet.tasknames import queue_for
-    from orchestrator.dispatch import enqueue_pending
-    from orchestrator.jobs import default_job_name, list_job
+    from orchestrator.jobs import default_job_name
+    from orchestrator.submit import list_and_enqueue
 
     checkpoints = dict(parse_checkpoint_option(c) for c in checkpoint)
     settings = make_settings(db_url=db, broker_url=broker, models=models, chunk_size=chunk_size,
@@ -90,17 +90,15 @@ def submit(
     broker_url = settings.broker_url.get_secret_value()
     with image_progress() as progress:
         listing_task = progress.add_task("listing", total=None)
+        queued = progress.add_task("enqueue", total=None)
         cfg = job_config(preset, config, include=include, exclude=exclude, s3_endpoint_url=settings.s3_endpoint_url,
                          include_hidden=include_hidden)
         if checkpoints:  # jobs without fine-tuned weights keep the config they always had
             cfg["checkpoints"] = dict(sorted(checkpoints.items()))
-        listing = list_job(factory, name=name, source=src, config=cfg,
-                           models={"preset": preset.name, "random_weights": preset.random_weights},
-                           queue=queue_for(preset.name), changed=changed,
-                           on_listed=lambda n: progress.advance(listing_task, n))
-        queued = progress.add_task("enqueue", total=None)
-        n = enqueue_pending(factory, listing.job_id, broker_url, chunk_size=settings.chunk_size,
-                            on_chunk=lambda k: progress.advance(queued, k))
+        listing, n = list_and_enqueue(  # the enqueue overlaps the listing
+            factory, broker_url, chunk_size=settings.chunk_size, on_chunk=lambda k: progress.advance(queued, k),
+            name=name, source=src, config=cfg, models={"preset": preset.name, "random_weights": preset.random_weights},
+            queue=queue_for(preset.name), changed=changed, on_listed=lambda n: progress.advance(listing_task, n))
     print_listing(listing, src.uri)
     console.print(f"job [bold]{name}[/] {'created' if listing.created else 'continued'}: {n} items enqueued on "
                   f"queue {queue_for(preset.name)}")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -21,10 +20,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
-from sqlalchemy import Engine
 
 from labelfleet.errors import ConfigError
-from labelfleet.settings import Settings
+
+if TYPE_CHECKING:  # imported where used: ``labelfleet --help`` loads neither SQLAlchemy nor pydantic
+    from sqlalchemy import Engine
+
+    from labelfleet.settings import Settings
 
 console = Console()
 console_err = Console(stderr=True)
@@ -41,6 +43,8 @@ def global_options(
     from labelfleet.cli import errors
 
     errors.VERBOSE = verbose
+    from labelfleet.settings import Settings
+
     level = logging.WARNING - 10 * min(verbose, 2)
     settings = Settings()
     if not verbose and settings.log_level:  # LABELFLEET_LOG_LEVEL applies when no -v is given
@@ -53,11 +57,15 @@ def global_options(
     if settings.log_json:
         configure_logging(level, as_json=True)
     else:
+        from rich.logging import RichHandler
+
         configure_logging(level, handler=RichHandler(console=console_err, show_path=False, rich_tracebacks=False))
 
 
 def make_settings(**overrides: Any) -> Settings:
     """Settings from env vars, with the CLI flags that were given (not None) on top."""
+    from labelfleet.settings import Settings
+
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 

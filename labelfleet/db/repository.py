@@ -20,6 +20,7 @@ from sqlalchemy import Select, and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from labelfleet.db.bulk import copy_items
 from labelfleet.db.models import (
     FINAL_STATUSES,
     Detection,
@@ -97,10 +98,11 @@ def add_items(session: Session, job: Job, refs: Iterable[ImageRef], *, batch_siz
         nonlocal added
         if not batch:
             return
-        # executemany: the statement compiles once and the driver batches the rows ("insertmanyvalues"),
-        # instead of compiling a 1,000-row VALUES clause per batch
-        stmt = _insert_ignore(session).on_conflict_do_nothing(index_elements=["job_id", "key"]).returning(Item.id)
-        added += len(session.connection().execute(stmt, batch).all())
+        if session.get_bind().dialect.name == "postgresql":
+            added += copy_items(session, job.id, batch)
+        else:  # executemany: the statement compiles once and the driver batches the rows
+            stmt = _insert_ignore(session).on_conflict_do_nothing(index_elements=["job_id", "key"]).returning(Item.id)
+            added += len(session.connection().execute(stmt, batch).all())
         job.listing_cursor = batch[-1]["key"]
         session.commit()
         batch.clear()

@@ -39,6 +39,7 @@ from PIL import Image
 from labelfleet.captions import MAX_TEXT_TOKENS, assign_classes, build_caption, class_spans, split_classes
 from labelfleet.errors import ConfigError, PermanentError
 from labelfleet.types import Detections, RGBImage, cxcywh_norm_to_xyxy
+from workers.stages.gdino_import import import_gdino_models
 from workers.stages.postprocess import nms_detections
 from workers.stages.precision import amp_dtype, install_autocast, use_precision
 from workers.stages.text_cache import install_text_cache, text_cache
@@ -98,8 +99,9 @@ def build_gdino_model(
             and a BERT ``config.json`` (no weights needed).
         overrides: SLConfig attributes to replace (tiny models).
     """
-    from groundingdino.models import build_model
     from groundingdino.util.slconfig import SLConfig
+
+    build_model = import_gdino_models().build_model  # without matplotlib (see gdino_import)
 
     text_encoder_dir = Path(text_encoder_dir)
     if not (text_encoder_dir / "config.json").is_file() or not (text_encoder_dir / "vocab.txt").is_file():

@@ -90,6 +90,9 @@ def write_tiny_text_encoder_dir(out_dir: Path) -> Path:
 @contextlib.contextmanager
 def _tiny_swin() -> Iterator[None]:
     """Scoped patch shrinking the Swin backbone; GroundingDINO's SLConfig cannot size it."""
+    from workers.stages.gdino_import import import_gdino_models
+
+    import_gdino_models()  # first, so the backbone import below does not pull matplotlib
     from groundingdino.models.GroundingDINO.backbone import backbone as bb
 
     original = bb.build_swin_transformer
