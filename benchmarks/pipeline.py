@@ -248,6 +248,7 @@ def run_model_only(models: Models, prepared: list[Any], caption: str, batch_size
     import torch
     from groundingdino.util.misc import NestedTensor
 
+    from workers.stages.deform_attn import fast_deformable_attention
     from workers.stages.precision import use_precision
 
     det, seg = models.detector, models.segmenter
@@ -260,7 +261,7 @@ def run_model_only(models: Models, prepared: list[Any], caption: str, batch_size
             for group in by_shape.values():
                 t = torch.stack(group)
                 mask = torch.zeros((t.shape[0], *t.shape[2:]), dtype=torch.bool, device=t.device)
-                with use_precision(det.device, det.amp_dtype):
+                with use_precision(det.device, det.amp_dtype), fast_deformable_attention():
                     det.model(NestedTensor(t, mask), captions=[caption] * len(group))
             feats = seg._encode([p for _, p, _ in chunk])
             for k, (_, _, b) in enumerate(chunk):

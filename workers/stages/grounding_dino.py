@@ -39,6 +39,7 @@ from PIL import Image
 from labelfleet.captions import MAX_TEXT_TOKENS, assign_classes, build_caption, class_spans, split_classes
 from labelfleet.errors import ConfigError, PermanentError
 from labelfleet.types import Detections, RGBImage, cxcywh_norm_to_xyxy
+from workers.stages.deform_attn import fast_deformable_attention, install_fast_deformable_attention
 from workers.stages.gdino_import import import_gdino_models
 from workers.stages.postprocess import nms_detections
 from workers.stages.precision import amp_dtype, install_autocast, use_precision
@@ -277,6 +278,7 @@ class GroundingDinoDetector:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         install_batch_fixes(self.model)
+        install_fast_deformable_attention()  # one fused gather per layer (deform_attn.py), same outputs
         self.amp_dtype = amp_dtype(precision)
         if self.amp_dtype is not None:  # Swin and BERT only; deformable attention etc. stay fp32
             install_autocast(self.model.backbone)  # type: ignore[arg-type]
@@ -341,7 +343,8 @@ class GroundingDinoDetector:
             pixels = pixels.pin_memory()
         tensors = normalize(pixels.to(self.device, non_blocking=True))
         mask = torch.zeros((tensors.shape[0], *tensors.shape[2:]), dtype=torch.bool, device=self.device)
-        with torch.inference_mode(), use_precision(self.device, self.amp_dtype), text_cache():
+        with (torch.inference_mode(), use_precision(self.device, self.amp_dtype), text_cache(),
+              fast_deformable_attention()):
             out = self.model(NestedTensor(tensors, mask), captions=[j.caption for j in batch])
         logits = out["pred_logits"].float().sigmoid().cpu().numpy()  # (B, nq, 256)
         boxes = out["pred_boxes"].float().cpu().numpy()  # (B, nq, 4) cxcywh in [0, 1]
