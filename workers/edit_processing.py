@@ -86,6 +86,7 @@ class EditProcessor(ItemProcessor):
                  pipeline: Pipeline | None = None, source_job_id: int | None = None,
                  on_item: Any = None) -> None:
         super().__init__(factory, pipeline, settings, owner, source, on_item=on_item)  # type: ignore[arg-type]
+        self.overlap = False  # the edit (in _store) is the work: masks and edits take turns in one thread
         self.job_id, self.params, self.inpainter, self.model, self.dest = job_id, params, inpainter, model, dest
         self.source_job_id = source_job_id
         self._targets = {normalize_class(t) for t in params.targets}

@@ -1,6 +1,7 @@
 """Test-only fault injection, read from ``LABELFLEET_TEST_FAULT`` (never set in production).
 
-Each fault wraps :meth:`Pipeline.run` and raises the *real* exception type a
+Each fault wraps :meth:`Pipeline.run_front` (the start of every batch, also inside
+:meth:`Pipeline.run`) and raises the *real* exception type a
 GPU node would raise, so the worker's error handling is exercised as is:
 
 * ``oom_over:N`` -- ``torch.OutOfMemoryError`` for batches of more than N images;
@@ -18,7 +19,7 @@ import time
 from collections.abc import Sequence
 
 from labelfleet.types import RGBImage
-from workers.pipeline import ImageLabels, Pipeline
+from workers.pipeline import Front, Pipeline
 
 logger = logging.getLogger(__name__)
 ENV = "LABELFLEET_TEST_FAULT"
@@ -27,7 +28,7 @@ ENV = "LABELFLEET_TEST_FAULT"
 class _FaultyPipeline(Pipeline):
     faults: list[tuple[str, float]]
 
-    def run(self, images: Sequence[RGBImage]) -> list[ImageLabels]:
+    def run_front(self, images: Sequence[RGBImage]) -> Front:
         for name, arg in self.faults:
             if name == "slow":
                 time.sleep(arg)
@@ -37,7 +38,7 @@ class _FaultyPipeline(Pipeline):
                 raise torch.OutOfMemoryError(f"CUDA out of memory: injected by {ENV} for a batch of {len(images)}")
             elif name == "device_fault":
                 raise RuntimeError(f"CUDA error: an illegal memory access was encountered (injected by {ENV})")
-        return super().run(images)
+        return super().run_front(images)
 
 
 def parse(spec: str) -> list[tuple[str, float]]:

@@ -39,6 +39,18 @@ class ImageLabels:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, per image
 
 
+@dataclass
+class Front:
+    """A batch between :meth:`Pipeline.run_front` and :meth:`Pipeline.run_back`: original ``(H, W)`` sizes,
+    padded images, tags and unclipped detections (pixel xyxy of the padded frame) per image, stage seconds."""
+
+    sizes: list[tuple[int, int]]
+    padded: list[RGBImage]
+    tags: list[list[Tag]] = field(default_factory=list)
+    dets: list[Detections] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, for the whole batch
+
+
 def pad_for_models(image: RGBImage) -> RGBImage:
     """Zero-pad (bottom/right) tiny or extremely elongated images so every model accepts them."""
     h, w = image.shape[:2]
@@ -105,34 +117,48 @@ class Pipeline:
 
     def run(self, images: Sequence[RGBImage]) -> list[ImageLabels]:
         """Label a batch. Returns one :class:`ImageLabels` per input image, in order."""
+        return self.run_back(self.run_front(images))
+
+    def run_front(self, images: Sequence[RGBImage]) -> Front:
+        """The first half of :meth:`run`: tags, caption, boxes and NMS (the tagger and the detector)."""
         n = len(images)
+        front = Front(sizes=[im.shape[:2] for im in images], padded=[pad_for_models(im) for im in images])
         if n == 0:
-            return []
-        sizes = [im.shape[:2] for im in images]
-        padded = [pad_for_models(im) for im in images]
-        timings: dict[str, float] = {}
+            return front
         t0 = time.perf_counter()
-        tags = self._tag(padded)
-        timings["tag"] = time.perf_counter() - t0
-        classes = [self.classes_for(t) for t in tags]
+        front.tags = self._tag(front.padded)
+        front.timings["tag"] = time.perf_counter() - t0
+        classes = [self.classes_for(t) for t in front.tags]
         t0 = time.perf_counter()
         todo = [i for i in range(n) if classes[i]]
-        found = self.detector.detect([padded[i] for i in todo], [classes[i] for i in todo]) if todo else []
-        dets = [Detections.empty() for _ in range(n)]
+        found = self.detector.detect([front.padded[i] for i in todo], [classes[i] for i in todo]) if todo else []
+        front.dets = [Detections.empty() for _ in range(n)]
         for i, d in zip(todo, found, strict=True):
-            dets[i] = d
-        timings["detect"] = time.perf_counter() - t0
+            front.dets[i] = d
+        front.timings["detect"] = time.perf_counter() - t0
+        return front
+
+    def run_back(self, front: Front) -> list[ImageLabels]:
+        """The second half of :meth:`run`: masks (the segmenter), boxes clipped and masks cropped back.
+
+        Uses only the segmenter, so it may run in another thread while
+        :meth:`run_front` works on the next batch (one caller per half at a time).
+        """
+        n = len(front.padded)
+        if n == 0:
+            return []
+        timings = dict(front.timings)
         t0 = time.perf_counter()
-        dets = self._segment(padded, dets)
+        dets = self._segment(front.padded, front.dets)
         timings["segment"] = time.perf_counter() - t0
         per_image = {k: v / n for k, v in timings.items()}
         out = []
         for i in range(n):
-            h, w = sizes[i]
+            h, w = front.sizes[i]
             d = _crop_back(dets[i], h, w)
-            tagged = {normalize_class(t.name): t.name for t in tags[i]}
+            tagged = {normalize_class(t.name): t.name for t in front.tags[i]}
             d.data["tag"] = np.asarray([tagged.get(str(c)) for c in d.class_name], dtype=object)
-            out.append(ImageLabels(tags=tags[i], detections=d, timings=dict(per_image)))
+            out.append(ImageLabels(tags=front.tags[i], detections=d, timings=dict(per_image)))
         return out
 
     def _segment(self, images: Sequence[RGBImage], dets: list[Detections]) -> list[Detections]:

@@ -1,8 +1,12 @@
 """Process leased items: read -> decode -> pipeline -> write labels. Shared by local mode and Celery tasks.
 
-Reading and decoding run in a thread pool ahead of the models, and a writer
-thread stores each batch (one transaction, one bulk insert of its tags and
-predictions) while the next batch is in the models, so I/O overlaps compute.
+Reading and decoding run in a thread pool ahead of the models; with
+``overlap_stages`` (the default) a batch's masks (:meth:`Pipeline.run_back`)
+are computed in a second thread while the next batch is tagged and detected
+(:meth:`Pipeline.run_front`); a writer thread stores each batch (one
+transaction, one bulk insert of its tags and predictions) while the next one
+is in the models. So I/O and the stages overlap, and at most three batches are
+in flight: detecting, segmenting, writing.
 Every item ends in exactly one recorded outcome: done (labels written in the
 same transaction), failed / skipped (with the reason), back to pending
 (retryable error, attempt counted) or poison (too many attempts).
@@ -21,6 +25,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,6 +125,10 @@ class _Row:
     attempts: int
 
 
+#: A batch in the models: ``(row, decoded image, read+decode seconds)`` per item.
+_Batch = list[tuple[_Row, DecodedImage, float]]
+
+
 def labels_to_rows(labels: ImageLabels) -> repo.LabelRows:
     """Convert pipeline output to DB rows (pixel xyxy; box-cropped mask records, area from the RLE)."""
     d = labels.detections
@@ -149,14 +158,18 @@ class ItemProcessor:
         self.source = source
         self.on_item = on_item
         self.batch_size = settings.batch_size  # halved for good after an out-of-memory error
-        self.in_progress: list[int] = []  # ids of the batch in the models right now (charged on a time limit)
+        self.in_progress: list[int] = []  # ids of the batches in the models right now (charged on a time limit)
         self._read_facts: dict[str, dict[str, Any]] = {}  # key -> facts of the bytes actually read (etag)
         self.pool = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="decode")
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
         self._writing: Future[None] | None = None  # the batch being written while the next one is computed
+        self.overlap = settings.overlap_stages
+        self.segmenting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment")
+        self._back: tuple[_Batch, Future[list[ImageLabels]]] | None = None  # the batch in run_back
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.segmenting.shutdown(wait=True)
         self.writer.shutdown(wait=True)
 
     def _load(self, key: str) -> tuple[DecodedImage, float]:
@@ -179,7 +192,7 @@ class ItemProcessor:
                     select(Item.id, Item.key, Item.attempts).where(Item.id.in_(list(item_ids))).order_by(Item.id))]
         except (OperationalError, InterfaceError) as exc:
             raise _as_infra(exc) from exc
-        batch: list[tuple[_Row, DecodedImage, float]] = []
+        batch: _Batch = []
         try:
             for row, fut in self._read_ahead(rows):
                 try:
@@ -195,7 +208,9 @@ class ItemProcessor:
                     batch = []
             if batch:
                 self._run_batch(batch, stats)
+            self._finish_back(stats)
         finally:
+            self._drop_back()  # after an error: the models are idle again before we return (results dropped)
             self._wait_written()  # every result is in the database (or its error raised) before we return
         return stats
 
@@ -217,7 +232,58 @@ class ItemProcessor:
             if nxt is not None:
                 pending.append((nxt, self.pool.submit(self._load, nxt.key)))
 
-    def _run_batch(self, batch: list[tuple[_Row, DecodedImage, float]], stats: ProcessStats) -> None:
+    def _run_batch(self, batch: _Batch, stats: ProcessStats) -> None:
+        """Detect ``batch`` here, then segment it in the ``segmenting`` thread while the next batch is detected.
+
+        Any failure of either half falls back to :meth:`_run_sync` for that batch
+        (same classification: out-of-memory halving, one image at a time), once
+        the other half is idle; infrastructure errors are raised as they are.
+        """
+        if not self.overlap:
+            self._run_sync(batch, stats)
+            return
+        ids = [row.id for row, _, _ in batch]
+        self.in_progress = [row.id for row, _, _ in self._back[0]] + ids if self._back else ids
+        try:
+            front = self.pipeline.run_front([d.array for _, d, _ in batch])
+        except TIME_LIMIT_ERRORS:
+            raise
+        except Exception as exc:
+            if (infra := infrastructure_error(exc)) is not None:
+                raise infra from exc
+            self._finish_back(stats)
+            self._run_sync(batch, stats)
+            return
+        self._finish_back(stats)
+        self._back = (batch, self.segmenting.submit(self.pipeline.run_back, front))
+        self.in_progress = ids
+
+    def _finish_back(self, stats: ProcessStats) -> None:
+        """Wait for the batch being segmented and store it (or run it again in this thread if that failed)."""
+        if self._back is None:
+            return
+        (batch, fut), self._back = self._back, None
+        try:
+            results = fut.result()
+        except TIME_LIMIT_ERRORS:
+            raise
+        except Exception as exc:
+            if (infra := infrastructure_error(exc)) is not None:
+                raise infra from exc
+            logger.warning("segmenting a batch of %d failed (%s); running it again in one thread", len(batch), exc)
+            self._run_sync(batch, stats)
+            return
+        self._store(batch, results, stats)
+        self.in_progress = []
+
+    def _drop_back(self) -> None:
+        """Wait for a batch still being segmented without storing it (an error is on its way up)."""
+        back, self._back = self._back, None
+        if back is not None:
+            futures.wait([back[1]])
+
+    def _run_sync(self, batch: _Batch, stats: ProcessStats) -> None:
+        """The whole pipeline on ``batch`` in this thread, with every failure classified."""
         self.in_progress = [row.id for row, _, _ in batch]
         try:
             results = self.pipeline.run([d.array for _, d, _ in batch])
@@ -236,12 +302,12 @@ class ItemProcessor:
                 return
             logger.warning("batch of %d failed (%s); retrying one image at a time", len(batch), exc)
             for one in batch:
-                self._run_batch([one], stats)
+                self._run_sync([one], stats)
             return
         self._store(batch, results, stats)
         self.in_progress = []
 
-    def _store(self, batch: list[tuple[_Row, DecodedImage, float]], results: list[ImageLabels],
+    def _store(self, batch: _Batch, results: list[ImageLabels],
                stats: ProcessStats) -> None:
         """Hand a labelled batch to the writer thread (after the previous batch is written)."""
         done = [(row, self._finished(row, decoded, t_read, labels)) for (row, decoded, t_read), labels
@@ -255,7 +321,7 @@ class ItemProcessor:
         if writing is not None:
             writing.result()
 
-    def _retry_smaller(self, batch: list[tuple[_Row, DecodedImage, float]], exc: BaseException,
+    def _retry_smaller(self, batch: _Batch, exc: BaseException,
                        stats: ProcessStats) -> None:
         """Out of memory: run the batch again in halves (and keep the smaller size); one image: retry later."""
         from workers.models import free_accelerator_memory
@@ -270,8 +336,8 @@ class ItemProcessor:
         self.batch_size = min(self.batch_size, half)
         logger.warning("out of memory on a batch of %d images (%s); retrying as batches of %d", len(batch),
                        type(exc).__name__, half, extra={"worker": self.owner})
-        self._run_batch(batch[:half], stats)
-        self._run_batch(batch[half:], stats)
+        self._run_sync(batch[:half], stats)
+        self._run_sync(batch[half:], stats)
 
     def _finished(self, row: _Row, decoded: DecodedImage, t_read: float, labels: ImageLabels) -> repo.FinishedItem:
         """The rows and facts to store for one labelled item (``write`` = building its rows, in seconds)."""
