@@ -39,6 +39,20 @@ def test_pipeline_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "labels are meaningless" in capsys.readouterr().out
 
 
+def test_worker_scaling_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import workers
+
+    out = tmp_path / "workers.json"
+    workers.main(["--images", "4", "--size", "200x150", "--batch-size", "2", "--processes", "1,2",
+                  "--repeats", "1", "--json", str(out)])
+    record = json.loads(out.read_text())
+    assert set(record["img_s"]) == {"1", "2"} and all(r[0] > 0 for r in record["img_s"].values())
+    cpus = record["machine"]["usable_cpus"]  # labelfleet's share: usable CPUs divided among the processes
+    assert record["threads_per_process"] == {"1": cpus, "2": max(1, cpus // 2)}
+    assert len(record["ratio_vs_first"]["2"]) == 1
+    assert "labels are meaningless" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_peak_rss_of_a_48mp_photo_is_below_twice_a_1mp_photo(tmp_path: Path) -> None:
     files = memory.tiny_files(tmp_path)
