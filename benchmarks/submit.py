@@ -78,14 +78,20 @@ def serve_s3(port: int, keys: int) -> None:
     server.stop()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def s3_server(keys: int) -> Iterator[str]:
+def s3_server(keys: int) -> Iterator[tuple[str, int]]:
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.submit", "--serve-s3", str(port), "--keys", str(keys)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", "moto server failed"
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc.pid
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
@@ -138,8 +144,11 @@ def pg_database(admin_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def _timed(name: str, fn: Callable[[], int], profile_dir: Path | None) -> dict[str, Any]:
+def _timed(name: str, fn: Callable[[], int], profile_dir: Path | None, s3_pid: int) -> dict[str, Any]:
+    """Run one phase: keys/s of wall time, and how busy the S3 server's process was meanwhile
+    (``s3_server_cpu``: its CPU seconds over the phase's wall seconds; 1.0 = one core saturated)."""
     prof = cProfile.Profile() if profile_dir else None
+    cpu0 = cpu_seconds(s3_pid)
     t0 = time.perf_counter()
     if prof:
         prof.enable()
@@ -147,11 +156,14 @@ def _timed(name: str, fn: Callable[[], int], profile_dir: Path | None) -> dict[s
     if prof:
         prof.disable()
     dt = time.perf_counter() - t0
+    s3_cpu = (cpu_seconds(s3_pid) - cpu0) / dt if dt else 0.0
     if prof and profile_dir:
         profile_dir.mkdir(parents=True, exist_ok=True)
         prof.dump_stats(str(profile_dir / f"{name}.prof"))
-    out = {"keys": n, "seconds": round(dt, 3), "keys_per_s": round(n / dt, 1) if dt else None}
-    print(f"{name:>11}: {n:>7} keys in {dt:7.3f} s = {out['keys_per_s']:>9} keys/s", flush=True)
+    out = {"keys": n, "seconds": round(dt, 3), "keys_per_s": round(n / dt, 1) if dt else None,
+           "s3_server_cpu": round(s3_cpu, 3)}
+    print(f"{name:>11}: {n:>7} keys in {dt:7.3f} s = {out['keys_per_s']:>9} keys/s   "
+          f"(S3 server busy {s3_cpu:.2f} cores)", flush=True)
     return out
 
 
@@ -195,11 +207,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
     prof = Path(args.profile) if args.profile else None
     phases: dict[str, Any] = {}
-    with s3_server(args.keys) as endpoint, redis_server() as broker, pg_database(args.db) as db:
+    with s3_server(args.keys) as (endpoint, s3_pid), redis_server() as broker, pg_database(args.db) as db:
         uri = f"s3://{BUCKET}/photos/"
         refs: list[Any] = []
         phases["listing"] = _timed("listing", lambda: len(refs.extend(S3Source(uri, endpoint_url=endpoint).list())
-                                                          or refs), prof)
+                                                          or refs), prof, s3_pid)
         engine = make_engine(db)
         factory = session_factory(engine)
         job = _new_job(factory, "bench-insert", "lf.bench-phases")
@@ -208,16 +220,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with factory() as s:
                 return repo.add_items(s, s.merge(job), iter(refs))
 
-        phases["insert"] = _timed("insert", insert, prof)
+        phases["insert"] = _timed("insert", insert, prof, s3_pid)
         phases["enqueue"] = _timed("enqueue", lambda: enqueue_pending(factory, job.id, broker,
-                                                                      chunk_size=args.chunk_size), prof)
+                                                                      chunk_size=args.chunk_size), prof, s3_pid)
         queue = "lf.bench-e2e"
 
         def end_to_end() -> int:  # what `labelfleet submit` runs
             return list_and_enqueue(factory, broker, chunk_size=args.chunk_size, name="bench-e2e", config={},
                                     source=S3Source(uri, endpoint_url=endpoint), models={}, queue=queue)[1]
 
-        phases["end_to_end"] = _timed("end_to_end", end_to_end, prof)
+        phases["end_to_end"] = _timed("end_to_end", end_to_end, prof, s3_pid)
         messages, seen = queued_items(broker, queue)
         engine.dispose()
     exact = len(seen) == len(refs) and max(seen.values(), default=1) == 1

@@ -39,8 +39,11 @@ def test_pipeline_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "labels are meaningless" in capsys.readouterr().out
 
 
-def test_worker_scaling_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_worker_scaling_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from benchmarks import workers
+
+    monkeypatch.delenv("LABELFLEET_TORCH_THREADS", raising=False)  # the processes size their own threads
 
     out = tmp_path / "workers.json"
     workers.main(["--images", "4", "--size", "200x150", "--batch-size", "2", "--processes", "1,2",
