@@ -30,3 +30,4 @@ echo "deform_cuda rc=$?"; cat "$OUT/deform_cuda.txt"
 run tiny_fp32 --models tiny-random --images 32 --batch-size 8
 run full_fp32 --models random-full --images 16 --batch-size 4 --size 1280x960
 run full_bf16 --models random-full --images 16 --batch-size 4 --size 1280x960 --precision bf16
+LABELFLEET_COMPILE=inductor run full_bf16_compiled --models random-full --images 16 --batch-size 4 --size 1280x960 --precision bf16

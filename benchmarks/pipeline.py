@@ -96,9 +96,10 @@ def load_models(spec: str, device: str, batch_size: int, precision: str, workdir
 
         settings = Settings(model_dir=workdir / "models", **common)
         det = build_detector("gdino_swint_ogc", checkpoint=None, text_encoder_dir=_random_full_text_dir(workdir),
-                             device=device, batch_size=batch_size, precision=precision)
+                             device=device, batch_size=batch_size, precision=precision,
+                             compile_backend=settings.compile)
         seg = build_segmenter("sam_vit_h", checkpoint=None, device=device, encoder_batch_size=batch_size,
-                              precision=precision)
+                              precision=precision, compile_backend=settings.compile)
         return Models(det, seg, settings, None, True)
     if path.is_dir():
         settings = Settings(model_dir=path, models="default", **common)

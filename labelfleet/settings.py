@@ -41,6 +41,8 @@ class Settings(BaseSettings):
                            "encoder (deformable attention, heads and mask decoding stay fp32)")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads per worker process; unset = usable "
                                       "CPUs (cgroup-aware) / worker_processes")
+    compile: str = Field("off", description="torch.compile GroundingDINO's Swin backbone and SAM's image encoder "
+                         "with this backend (inductor on a GPU); off = eager")
     overlap_stages: bool = Field(True, description="Segment one batch (SAM, mask records) in a second thread "
                                  "while the next batch is tagged and detected")
     worker_processes: int = Field(1, ge=1, description="Worker processes sharing this machine's CPUs "

@@ -174,9 +174,11 @@ def build_stages(preset: Preset, settings: Settings, *, automatic: bool, config:
                               text_encoder_dir=det.files["text_encoder_dir"], device=device,
                               box_threshold=config.box_threshold,
                               text_threshold=config.text_threshold, nms_iou=config.nms_iou,
-                              batch_size=settings.batch_size, precision=settings.precision)
+                              batch_size=settings.batch_size, precision=settings.precision,
+                              compile_backend=settings.compile)
     segmenter = build_segmenter(seg.key, checkpoint=seg.files["checkpoint"], device=device,
-                                encoder_batch_size=settings.batch_size, precision=settings.precision)
+                                encoder_batch_size=settings.batch_size, precision=settings.precision,
+                                compile_backend=settings.compile)
     tagger, tag_prov = None, None
     if automatic:
         tag = resolve_model(preset.tagger, "tagger", settings, checkpoint=ck.get("tagger"), **kw)

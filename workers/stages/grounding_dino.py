@@ -39,6 +39,7 @@ from PIL import Image
 from labelfleet.captions import MAX_TEXT_TOKENS, assign_classes, build_caption, class_spans, split_classes
 from labelfleet.errors import ConfigError, PermanentError
 from labelfleet.types import Detections, RGBImage, cxcywh_norm_to_xyxy
+from workers.stages.compiling import compile_module
 from workers.stages.deform_attn import fast_deformable_attention, install_fast_deformable_attention
 from workers.stages.gdino_import import import_gdino_models
 from workers.stages.postprocess import nms_detections
@@ -262,6 +263,7 @@ class GroundingDinoDetector:
         image_size: int = 800,
         max_size: int = 1333,
         precision: str = "fp32",
+        compile_backend: str = "off",
     ) -> None:
         for name, value in (
             ("box_threshold", box_threshold),
@@ -284,6 +286,8 @@ class GroundingDinoDetector:
             install_autocast(self.model.backbone)  # type: ignore[arg-type]
             install_autocast(self.model.bert)  # type: ignore[arg-type]
         install_text_cache(self.model.bert)  # type: ignore[arg-type]  # fixed classes: BERT once per job
+        backbone: Any = self.model.backbone  # groundingdino's Joiner (a Sequential): [0] is Swin
+        backbone[0] = compile_module(backbone[0], compile_backend, "GroundingDINO's Swin backbone")
         self.tokenizer: Any = model.tokenizer
         if not getattr(self.tokenizer, "is_fast", False):
             raise ConfigError("GroundingDINO needs a fast tokenizer (offset mapping); install `tokenizers`")

@@ -100,6 +100,7 @@ def build_detector(
     batch_size: int = 4,
     image_size: int | None = None,
     precision: str = "fp32",
+    compile_backend: str = "off",
 ) -> GroundingDinoDetector:
     """Build and load a detector by settings key.
 
@@ -125,6 +126,7 @@ def build_detector(
         image_size=size,
         max_size=round(size * DEFAULT_MAX_SIZE / DEFAULT_IMAGE_SIZE),
         precision=precision,
+        compile_backend=compile_backend,
     )
 
 
@@ -175,7 +177,8 @@ SEGMENTER_BUILDERS: dict[str, Callable[[Path | None], torch.nn.Module]] = {
 
 
 def build_segmenter(
-    key: str, *, checkpoint: Path | None, device: str, encoder_batch_size: int = 1, precision: str = "fp32"
+    key: str, *, checkpoint: Path | None, device: str, encoder_batch_size: int = 1, precision: str = "fp32",
+    compile_backend: str = "off",
 ) -> SamSegmenter:
     """Build and load a segmenter by settings key (errors as in :func:`build_detector`).
 
@@ -184,4 +187,5 @@ def build_segmenter(
     builder = _lookup(SEGMENTER_BUILDERS, "segmenter", key)
     model = builder(checkpoint)
     logger.info("built segmenter %s (checkpoint=%s, device=%s)", key, checkpoint, device)
-    return SamSegmenter(model, device=device, encoder_batch_size=encoder_batch_size, precision=precision)
+    return SamSegmenter(model, device=device, encoder_batch_size=encoder_batch_size, precision=precision,
+                        compile_backend=compile_backend)

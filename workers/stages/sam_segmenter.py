@@ -28,6 +28,7 @@ import torch
 
 from labelfleet.masks import encode_mask_record, mask_record_full
 from labelfleet.types import BoolArray, RGBImage
+from workers.stages.compiling import compile_module
 from workers.stages.precision import amp_dtype, autocast
 from workers.stages.sam_attention import install_chunked_attention
 
@@ -153,6 +154,8 @@ class SamSegmenter:
             inside each mask's window, in strips of this many pixels.
         precision: ``"fp32"`` or ``"bf16"``/``"fp16"`` autocast for the image
             encoder only (prompt encoder, decoder and upscaling stay fp32).
+        compile_backend: ``"off"`` or a ``torch.compile`` backend for the image
+            encoder (:mod:`workers.stages.compiling`).
     """
 
     def __init__(
@@ -165,6 +168,7 @@ class SamSegmenter:
         decoder_chunk: int = 32,
         strip_pixels: int = 1 << 22,
         precision: str = "fp32",
+        compile_backend: str = "off",
     ) -> None:
         from segment_anything.utils.transforms import ResizeLongestSide
 
@@ -177,6 +181,7 @@ class SamSegmenter:
         self.model = model.to(self.device).eval()
         install_chunked_attention(self.model.image_encoder)  # global blocks: bounded attention maps
         self.img_size = int(model.image_encoder.img_size)
+        self.model.image_encoder = compile_module(self.model.image_encoder, compile_backend, "SAM's image encoder")
         self.transform = ResizeLongestSide(self.img_size)
         self.encoder_batch_size = encoder_batch_size
         self.upscale_chunk = upscale_chunk
