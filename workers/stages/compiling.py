@@ -26,10 +26,10 @@ def check_backend(backend: str) -> str:
     """``backend`` if it is ``off`` or a torch.compile backend known to this torch, else :class:`ConfigError`."""
     if backend == OFF:
         return backend
-    known = sorted(torch._dynamo.list_backends(exclude_tags=()))
-    if backend not in known:
+    if backend not in torch._dynamo.list_backends(exclude_tags=()):  # debugging backends (aot_eager) too
+        shown = ", ".join(sorted({"aot_eager", *torch._dynamo.list_backends()}))
         raise ConfigError(f"unknown torch.compile backend {backend!r} in LABELFLEET_COMPILE "
-                          f"(use off or one of: {', '.join(known)})")
+                          f"(use off or one of: {shown})")
     return backend
 
 
