@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,19 @@ def tiny_sam_files() -> dict[str, Path]:
     from workers.stages.tiny import make_tiny_sam_files
 
     return make_tiny_sam_files(files_dir() / "sam")
+
+
+def tiny_pipeline(config: Any, box_threshold: float = 0.3, **stage_kw: str) -> Any:
+    """A :class:`workers.pipeline.Pipeline` of the tiny GroundingDINO and SAM; ``stage_kw`` (``precision``,
+    ``compile_backend``) goes to both builders."""
+    from workers.pipeline import Pipeline
+    from workers.stages.registry import build_detector, build_segmenter
+
+    g, s = tiny_gdino_files(), tiny_sam_files()
+    det = build_detector("gdino_tiny", checkpoint=g["checkpoint"], text_encoder_dir=g["text_encoder_dir"],
+                         device="cpu", box_threshold=box_threshold, **stage_kw)  # type: ignore[arg-type]
+    seg = build_segmenter("sam_tiny", checkpoint=s["checkpoint"], device="cpu", **stage_kw)  # type: ignore[arg-type]
+    return Pipeline(config, det, seg)
 
 
 def synthetic_image(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -17,20 +17,15 @@ from labelfleet.errors import ConfigError
 from labelfleet.masks import mask_record_full
 from labelfleet.pipeline_config import PipelineConfig
 from labelfleet.settings import Settings
-from tests.stages_fixtures import synthetic_image, tiny_gdino_files, tiny_sam_files
+from tests.stages_fixtures import synthetic_image, tiny_pipeline
 from workers.pipeline import Pipeline
 from workers.stages.compiling import check_backend
-from workers.stages.registry import build_detector, build_segmenter
 
 CONFIG = PipelineConfig(classes=("cat", "dog", "person", "car"), box_threshold=0.3)
 
 
 def pipeline(backend: str) -> Pipeline:
-    g, s = tiny_gdino_files(), tiny_sam_files()
-    det = build_detector("gdino_tiny", checkpoint=g["checkpoint"], text_encoder_dir=g["text_encoder_dir"],
-                         device="cpu", box_threshold=0.3, compile_backend=backend)
-    seg = build_segmenter("sam_tiny", checkpoint=s["checkpoint"], device="cpu", compile_backend=backend)
-    return Pipeline(CONFIG, det, seg)
+    return tiny_pipeline(CONFIG, compile_backend=backend)  # type: ignore[no-any-return]
 
 
 def _masks(labels: Any) -> list[Any]:

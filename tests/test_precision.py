@@ -14,20 +14,15 @@ import torch
 from benchmarks.reference import mask_iou, match_boxes
 from labelfleet.masks import mask_record_full
 from labelfleet.pipeline_config import PipelineConfig
-from tests.stages_fixtures import synthetic_image, tiny_gdino_files, tiny_sam_files
+from tests.stages_fixtures import synthetic_image, tiny_pipeline
 from workers.pipeline import Pipeline
-from workers.stages.registry import build_detector, build_segmenter
 
 CONFIG = PipelineConfig(classes=("cat", "dog", "person", "car"), box_threshold=0.3)
 
 
 @functools.cache
 def pipeline(precision: str) -> Pipeline:
-    g, s = tiny_gdino_files(), tiny_sam_files()
-    det = build_detector("gdino_tiny", checkpoint=g["checkpoint"], text_encoder_dir=g["text_encoder_dir"],
-                         device="cpu", box_threshold=0.3, precision=precision)
-    seg = build_segmenter("sam_tiny", checkpoint=s["checkpoint"], device="cpu", precision=precision)
-    return Pipeline(CONFIG, det, seg)
+    return tiny_pipeline(CONFIG, precision=precision)  # type: ignore[no-any-return]
 
 
 def _dtypes(pipe: Pipeline, image: np.ndarray) -> dict[str, set[torch.dtype]]:
