@@ -6,6 +6,9 @@ the segmenter is wrapped only to watch it or to make one image's batch fail.
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +27,7 @@ from labelfleet.settings import Settings
 from labelfleet.storage import open_source
 from orchestrator.jobs import prepare_job
 from tests.imagegen import scene, write_scenes
-from tests.waiting import scaled
+from tests.waiting import scaled, wait_until
 from workers.service import WorkerContext, run_chunk
 from workers.stages.grounding_dino import GroundingDinoDetector
 from workers.stages.sam_segmenter import SamSegmenter
@@ -159,3 +162,45 @@ def test_device_fault_while_segmenting_charges_nobody(jobs: Any, monkeypatch: py
     assert [r[:2] for r in rows[:2]] == [(ItemStatus.DONE, 1)] * 2  # batch 1 was stored before the fault
     assert [r[:2] for r in rows[2:]] == [(ItemStatus.PENDING, 0)] * (N - 2)  # nobody charged
     assert all(r[2].startswith("given back, attempt not counted: device fault") for r in rows[2:6])
+
+
+def _main_thread_waits_for_segmenting() -> bool:
+    """True while the main thread is blocked in ``_finish_back`` waiting for the segmenting thread."""
+    frame = sys._current_frames().get(threading.main_thread().ident or 0)
+    names = []
+    while frame is not None:
+        names.append(frame.f_code.co_name)
+        frame = frame.f_back
+    return "_finish_back" in names and "result" in names
+
+
+def test_soft_time_limit_while_segmenting_charges_the_segmented_batch_not_the_waiting_one(
+        jobs: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from billiard.pool import soft_timeout_sighandler
+
+    factory, settings, new_job = jobs
+    segment = SamSegmenter.segment_boxes
+    calls = {"n": 0}
+
+    def stuck(self: Any, *args: Any) -> Any:  # batch 1's masks take "forever": Celery's soft limit fires
+        calls["n"] += 1
+        if calls["n"] == 1:
+            wait_until(_main_thread_waits_for_segmenting, 60, "the main thread to wait for batch 1's masks",
+                       interval=0.05)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return segment(self, *args)
+
+    monkeypatch.setattr(SamSegmenter, "segment_boxes", stuck)
+    job_id, ids = new_job("time-limit")
+    ctx = WorkerContext(settings.model_copy(update={"batch_size": 1}))
+    ctx.preload("tiny-random")  # outside the time limit, as a worker does at start
+    old = signal.signal(signal.SIGUSR1, soft_timeout_sighandler)  # what billiard installs in pool processes
+    try:
+        assert run_chunk(job_id, ids[:3], ctx=ctx) == {}
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        ctx.close()
+    rows = _statuses(factory, job_id)
+    assert [r[:2] for r in rows[:3]] == [(ItemStatus.PENDING, 1), (ItemStatus.PENDING, 0), (ItemStatus.PENDING, 0)]
+    assert "while this item was being labelled" in str(rows[0][2])
+    assert "before this item was labelled" in str(rows[1][2])  # detected, waiting: not charged

@@ -263,6 +263,7 @@ class ItemProcessor:
         if self._back is None:
             return
         (batch, fut), self._back = self._back, None
+        self.in_progress = [row.id for row, _, _ in batch]  # the next batch only waits: not charged on a time limit
         try:
             results = fut.result()
         except TIME_LIMIT_ERRORS:
